@@ -1,0 +1,54 @@
+# The two commands for a fresh machine:
+#   make dev    the whole service locally (infrastructure, migrations, every service)
+#   make test   lint, type-check and the test suite on real PostgreSQL and Kafka
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean
+
+help:
+	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
+	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
+	@echo "make lint       ruff lint + format check;  make fmt: apply ruff format and fixes"
+	@echo "make migrate    alembic upgrade head on DATABASE_URL"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+dev: venv
+	$(BIN)/python -m tools.dev
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy shared services tools tests
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Starts PostgreSQL and Kafka (unless DATABASE_URL / KAFKA_BOOTSTRAP point at running
+# ones), applies migrations, runs pytest, stops what it started.
+pytest: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+migrate: venv
+	$(BIN)/alembic upgrade head
+
+infra-fetch: venv
+	$(BIN)/python -m tools.infra fetch-kafka
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .dev
