@@ -1,0 +1,162 @@
+"""Event and command schemas carried over Kafka.
+
+Every record is an envelope (`event_id`, `type`, `occurred_at`, `schema_version`,
+`payload`). Events are named in the past tense, commands in the imperative. A consumer
+parses a topic's records with that topic's union (discriminated by `type`) and ignores
+fields it does not know, so producers can add fields without breaking older consumers;
+a breaking change bumps `schema_version`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Envelope(BaseModel, Generic[P]):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    schema_version: int = 1
+    payload: P
+
+    def key(self) -> str:
+        """The Kafka key: the id of the entity whose events must stay in order."""
+        raise NotImplementedError
+
+    def to_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --- mailings ------------------------------------------------------------------------
+
+
+class MailingData(Payload):
+    id: int
+    version: int
+    start_at: AwareDatetime
+    stop_at: AwareDatetime
+    text: str
+    filter_tags: list[str] = []
+    filter_codes: list[int] = []
+    window_start: time | None = None
+    window_end: time | None = None
+
+
+class MailingRef(Payload):
+    id: int
+    version: int
+
+
+class _MailingEvent(Envelope[P]):
+    def key(self) -> str:
+        return str(self.payload.id)  # type: ignore[attr-defined]
+
+
+class MailingCreated(_MailingEvent[MailingData]):
+    type: Literal["mailing.created"] = "mailing.created"
+
+
+class MailingUpdated(_MailingEvent[MailingData]):
+    type: Literal["mailing.updated"] = "mailing.updated"
+
+
+class MailingDeleted(_MailingEvent[MailingRef]):
+    type: Literal["mailing.deleted"] = "mailing.deleted"
+
+
+MailingEvent = Annotated[
+    MailingCreated | MailingUpdated | MailingDeleted, Field(discriminator="type")
+]
+
+# --- clients -------------------------------------------------------------------------
+
+
+class ClientData(Payload):
+    id: int
+    phone: str
+    operator_code: int
+    tags: list[str] = []
+    timezone: str = "UTC"
+
+
+class ClientRef(Payload):
+    id: int
+
+
+class _ClientEvent(Envelope[P]):
+    def key(self) -> str:
+        return str(self.payload.id)  # type: ignore[attr-defined]
+
+
+class ClientCreated(_ClientEvent[ClientData]):
+    type: Literal["client.created"] = "client.created"
+
+
+class ClientUpdated(_ClientEvent[ClientData]):
+    type: Literal["client.updated"] = "client.updated"
+
+
+class ClientDeleted(_ClientEvent[ClientRef]):
+    type: Literal["client.deleted"] = "client.deleted"
+
+
+ClientEvent = Annotated[ClientCreated | ClientUpdated | ClientDeleted, Field(discriminator="type")]
+
+# --- delivery ------------------------------------------------------------------------
+
+
+class SendData(Payload):
+    message_id: int
+    mailing_id: int
+    client_id: int
+    # The attempt this command is for; the dispatcher's claim fences on it.
+    attempt: int = 0
+    # Retry tiers: do not send before this instant.
+    not_before: AwareDatetime | None = None
+    tier: int = 0
+    last_error: str | None = None
+
+
+class SendMessage(Envelope[SendData]):
+    type: Literal["message.send"] = "message.send"
+
+    def key(self) -> str:
+        return str(self.payload.message_id)
+
+
+class StatusData(Payload):
+    message_id: int
+    mailing_id: int
+    client_id: int
+    status: str
+    previous_status: str | None = None
+    attempt: int = 0
+    error: str | None = None
+    at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class MessageStatusChanged(Envelope[StatusData]):
+    type: Literal["message.status_changed"] = "message.status_changed"
+
+    def key(self) -> str:
+        return str(self.payload.mailing_id)
+
+
+mailing_event_adapter: TypeAdapter[MailingEvent] = TypeAdapter(MailingEvent)
+client_event_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)

@@ -1,0 +1,105 @@
+"""Prometheus metrics, defined once. Names: `notifications_<noun>_<unit>`.
+
+Labels stay low-cardinality (service, method, route, status, outcome, topic): ids go in
+logs, never in labels.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PREFIX = "notifications"
+# Probes and scrapes would drown the request log.
+_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+_log = structlog.stdlib.get_logger("http")
+
+HTTP_REQUEST_DURATION = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "HTTP request latency by route and status code.",
+    ["service", "method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DEPENDENCY_UP = Gauge(
+    f"{PREFIX}_dependency_up_info",
+    "1 when the last readiness check reached the dependency, else 0.",
+    ["service", "dependency"],
+)
+BROKER_CONNECTED = Gauge(
+    f"{PREFIX}_kafka_consumers_started_info",
+    "1 once the service's Kafka consumers and producer are started.",
+    ["service"],
+)
+EVENTS_CONSUMED = Counter(
+    f"{PREFIX}_events_consumed_total",
+    "Kafka records handled, by topic and outcome.",
+    ["service", "topic", "outcome"],
+)
+
+
+def render_latest() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI middleware: a fresh log context per request, one `http_request` log line
+    (with the entity ids the handler bound), and latency by route template (not path)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            HTTP_REQUEST_DURATION.labels(
+                self.service, scope["method"], template, str(status)
+            ).observe(elapsed)
+            if template not in _QUIET_ROUTES:
+                _log.info(
+                    "http_request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+            structlog.contextvars.clear_contextvars()
+
+
+OUTBOX_BACKLOG = Gauge(
+    f"{PREFIX}_outbox_backlog_events",
+    "Outbox rows committed but not yet published to Kafka.",
+    ["service"],
+)
+OUTBOX_PUBLISHED = Counter(
+    f"{PREFIX}_outbox_published_events_total",
+    "Outbox rows published to Kafka.",
+    ["service"],
+)

@@ -1,0 +1,273 @@
+"""The data model: the record of every client, mailing and message.
+
+Constraint names follow one naming convention so migrations stay reviewable.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import date, datetime, time
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Computed,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    Time,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy import (
+    text as sql,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> Any:
+    return func.now()
+
+
+class MessageStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+PENDING_STATUSES = (
+    MessageStatus.SCHEDULED,
+    MessageStatus.QUEUED,
+    MessageStatus.SENDING,
+    MessageStatus.RETRYING,
+)
+TERMINAL_STATUSES = (
+    MessageStatus.SENT,
+    MessageStatus.FAILED,
+    MessageStatus.EXPIRED,
+    MessageStatus.CANCELLED,
+)
+
+
+class MailingState(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+def _in_list(column: str, values: type[enum.StrEnum]) -> str:
+    quoted = ", ".join(f"'{member.value}'" for member in values)
+    return f"{column} IN ({quoted})"
+
+
+class Tag(Base):
+    __tablename__ = "tag"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class ClientTag(Base):
+    __tablename__ = "client_tag"
+
+    client_id: Mapped[int] = mapped_column(
+        ForeignKey("client.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(
+        ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Client(Base):
+    """A recipient. Deleting one keeps the row (`deleted_at`) so sent history stays."""
+
+    __tablename__ = "client"
+    __table_args__ = (
+        CheckConstraint(r"phone ~ '^7[0-9]{10}$'", name="phone_format"),
+        # A phone is unique among live clients; a deleted client's number can be reused.
+        Index(
+            "uq_client_phone_live",
+            "phone",
+            unique=True,
+            postgresql_where=sql("deleted_at IS NULL"),
+        ),
+        Index(
+            "ix_client_operator_code_live",
+            "operator_code",
+            postgresql_where=sql("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    phone: Mapped[str] = mapped_column(String(11))
+    # Digits 2-4 of the phone: derived by the database, never written by anyone.
+    operator_code: Mapped[int] = mapped_column(
+        SmallInteger, Computed("CAST(substr(phone, 2, 3) AS smallint)", persisted=True)
+    )
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    tags: Mapped[list[Tag]] = relationship(secondary="client_tag", order_by=Tag.name)
+
+
+class Mailing(Base):
+    __tablename__ = "mailing"
+    __table_args__ = (
+        CheckConstraint("stop_at > start_at", name="stop_after_start"),
+        CheckConstraint("(window_start IS NULL) = (window_end IS NULL)", name="window_both"),
+        CheckConstraint(
+            "window_start IS NULL OR window_start <> window_end", name="window_not_empty"
+        ),
+        CheckConstraint(_in_list("state", MailingState), name="state_known"),
+        CheckConstraint("length(text) > 0", name="text_not_empty"),
+        # The scheduler's activation poller: scheduled mailings by start time.
+        Index(
+            "ix_mailing_start_scheduled", "start_at", postgresql_where=sql("state = 'scheduled'")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stop_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    text: Mapped[str] = mapped_column(Text)
+    filter_tags: Mapped[list[str]] = mapped_column(ARRAY(String(64)), server_default=sql("'{}'"))
+    filter_codes: Mapped[list[int]] = mapped_column(ARRAY(SmallInteger), server_default=sql("'{}'"))
+    window_start: Mapped[time | None] = mapped_column(Time)
+    window_end: Mapped[time | None] = mapped_column(Time)
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    state: Mapped[str] = mapped_column(String(16), server_default=MailingState.SCHEDULED.value)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+class Message(Base):
+    """One message per (mailing, client); every status change is a compare-and-set."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        # A client gets at most one message per mailing (delivery rule 5).
+        UniqueConstraint("mailing_id", "client_id"),
+        CheckConstraint(_in_list("status", MessageStatus), name="status_known"),
+        # Due-time poller: scheduled messages by due time.
+        Index("ix_message_due_scheduled", "due_at", postgresql_where=sql("status = 'scheduled'")),
+        # Lease recovery: messages stuck in `sending`.
+        Index(
+            "ix_message_lease_sending", "lease_until", postgresql_where=sql("status = 'sending'")
+        ),
+        # Statistics and message lists of one mailing, by status.
+        Index("ix_message_mailing_id_status", "mailing_id", "status"),
+        # Client deletion cancels the client's pending messages.
+        Index(
+            "ix_message_client_pending",
+            "client_id",
+            postgresql_where=sql("status IN ('scheduled','queued','sending','retrying')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    mailing_id: Mapped[int] = mapped_column(ForeignKey("mailing.id", ondelete="CASCADE"))
+    client_id: Mapped[int] = mapped_column(ForeignKey("client.id"))
+    status: Mapped[str] = mapped_column(String(16), server_default=MessageStatus.SCHEDULED.value)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    mailing_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Outbox(Base):
+    """Events committed with the write that caused them; a relay publishes them to Kafka."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "id", postgresql_where=sql("published_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedEvent(Base):
+    """Idempotent consumers: the "already done" mark, written with the state change."""
+
+    __tablename__ = "processed_event"
+
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class MailingStatusCount(Base):
+    """Per-mailing message counts by status, maintained by the reporter."""
+
+    __tablename__ = "mailing_status_count"
+
+    mailing_id: Mapped[int] = mapped_column(
+        ForeignKey("mailing.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class DailyReport(Base):
+    """One row per report day: the claim that makes the daily email go out once."""
+
+    __tablename__ = "daily_report"
+
+    report_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+# The seed-compatible buckets of the API's statistics (design.md); `cancelled` is in none.
+BUCKETS: dict[str, tuple[MessageStatus, ...]] = {
+    "Created, waiting": PENDING_STATUSES,
+    "Sent": (MessageStatus.SENT,),
+    "Unable to deliver": (MessageStatus.FAILED, MessageStatus.EXPIRED),
+}
+BUCKET_OF: dict[str, str] = {
+    status.value: bucket for bucket, statuses in BUCKETS.items() for status in statuses
+}

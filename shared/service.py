@@ -1,0 +1,236 @@
+"""What every service process shares: its runtime, lifespan and operational endpoints.
+
+Each service builds its FastAPI app with `create_service_app`, giving its routers, the
+function that registers its Kafka subscribers, and its own background work. The app
+serves `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer,
+and the service's consumers are started), `/metrics` and `/docs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from shared.db import create_engine, create_session_factory, ping
+from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
+from shared.logging import get_logger
+from shared.metrics import (
+    BROKER_CONNECTED,
+    DEPENDENCY_UP,
+    HttpMetricsMiddleware,
+    render_latest,
+)
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from faststream.kafka import KafkaBroker
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from shared.settings import Settings
+    from shared.topics import Topics
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The objects a service's handlers and loops work with, built in the lifespan."""
+
+    service: str
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    topics: Topics
+    broker: KafkaBroker
+    broker_started: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        """Run a background loop for the life of the process; its crash is logged."""
+        task = asyncio.create_task(_guarded(coro, name), name=name)
+        self.tasks.append(task)
+
+
+async def _guarded(coro: Awaitable[None], name: str) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background_task_crashed", task=name)
+        raise
+
+
+Setup = Callable[[Runtime, FastAPI], Awaitable[None]]
+Subscribe = Callable[[Runtime], None]
+
+
+async def _start_broker(runtime: Runtime) -> None:
+    """Start consumers and producer, waiting out a Kafka that is not there yet.
+
+    The process stays up (and `/ready` says 503) until Kafka answers; once started,
+    aiokafka reconnects on its own through later outages.
+    """
+    delay = 0.5
+    while True:
+        try:
+            # Probe first: a failed broker.start() leaves a half-built producer behind.
+            await probe_kafka(runtime.settings)
+            await ensure_topics(runtime.settings)
+            await _uninterrupted(runtime.broker.start())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("kafka_start_failed", error=repr(exc), retry_in_s=delay)
+            with contextlib.suppress(Exception):
+                await runtime.broker.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        runtime.broker_started.set()
+        BROKER_CONNECTED.labels(runtime.service).set(1)
+        log.info("kafka_started", bootstrap=runtime.settings.kafka_bootstrap)
+        return
+
+
+async def _uninterrupted(coro: Awaitable[None]) -> None:
+    """Let `coro` finish even if we are cancelled meanwhile, then honour the cancel.
+
+    A broker start cut in half leaves a producer nobody closes; finishing it lets the
+    shutdown path stop it properly.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+class Check(BaseModel):
+    status: str
+    checks: dict[str, str]
+    failing: list[str] = []
+
+
+async def readiness(runtime: Runtime) -> Check:
+    settings = runtime.settings
+
+    async def check(name: str, probe: Callable[[], Awaitable[Any]]) -> tuple[str, str]:
+        try:
+            async with asyncio.timeout(settings.ready_timeout_s):
+                await probe()
+        except Exception as exc:
+            DEPENDENCY_UP.labels(runtime.service, name).set(0)
+            reason = str(exc) or type(exc).__name__
+            if not reason.startswith(type(exc).__name__):
+                reason = f"{type(exc).__name__}: {reason}"
+            return name, f"unavailable: {reason}"[:300]
+        DEPENDENCY_UP.labels(runtime.service, name).set(1)
+        return name, "ok"
+
+    results = dict(
+        await asyncio.gather(
+            check("postgresql", lambda: ping(runtime.engine)),
+            check("kafka", lambda: probe_kafka(settings)),
+        )
+    )
+    if results["kafka"] == "ok" and not runtime.broker_started.is_set():
+        results["kafka"] = "unavailable: consumers not started yet"
+    failing = [name for name, result in results.items() if result != "ok"]
+    return Check(status="unavailable" if failing else "ready", checks=results, failing=failing)
+
+
+def create_service_app(
+    *,
+    service: str,
+    settings: Settings,
+    title: str,
+    description: str,
+    routers: Sequence[APIRouter] = (),
+    subscribe: Subscribe | None = None,
+    setup: Setup | None = None,
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    """Build a service's app; nothing connects until the lifespan runs."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings, application_name=service)
+        runtime = Runtime(
+            service=service,
+            settings=settings,
+            engine=engine,
+            sessions=create_session_factory(engine),
+            topics=topics_from(settings),
+            broker=create_broker(settings, client_id=service),
+        )
+        BROKER_CONNECTED.labels(service).set(0)
+        if subscribe is not None:
+            subscribe(runtime)
+        app.state.runtime = runtime
+        runtime.spawn(_start_broker(runtime), name="kafka-start")
+        if setup is not None:
+            await setup(runtime, app)
+        log.info("service_started", port=_port(settings, service))
+        try:
+            yield
+        finally:
+            log.info("service_stopping")
+            for task in reversed(runtime.tasks):
+                task.cancel()
+            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await runtime.broker.stop()
+            await engine.dispose()
+            log.info("service_stopped")
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=lifespan,
+        openapi_tags=[*(openapi_tags or []), {"name": "operations", "description": OPS_DOC}],
+    )
+    app.add_middleware(HttpMetricsMiddleware, service=service)
+
+    @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="Readiness: PostgreSQL and Kafka answer, consumers started",
+        response_model=Check,
+        responses={503: {"model": Check, "description": "A dependency is unavailable"}},
+    )
+    async def ready() -> Response:
+        result = await readiness(app.state.runtime)
+        code = 200 if not result.failing else 503
+        return JSONResponse(result.model_dump(), status_code=code)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        body, content_type = render_latest()
+        return Response(body, media_type=content_type)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+OPS_DOC = "Liveness, readiness and metrics for operators and orchestrators (no token needed)."
+
+
+def _port(settings: Settings, service: str) -> int | None:
+    port = getattr(settings, f"{service}_port", None)
+    return port if isinstance(port, int) else None

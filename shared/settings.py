@@ -1,0 +1,168 @@
+"""One typed settings object for every service, read from the environment (and `.env`).
+
+Validated at start: a malformed value stops the process with a message naming the
+variable. Nothing else in the code reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+class Settings(BaseSettings):
+    """Every variable is documented in `.env.example`; keep the two in step."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- infrastructure -------------------------------------------------------------
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/notifications"
+    database_pool_size: PositiveInt = 10
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_timeout_s: PositiveFloat = 5.0
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = "notifications."
+    kafka_partitions: PositiveInt = 6
+    kafka_replication_factor: PositiveInt = 1
+    kafka_client_id: str = "notifications"
+    kafka_enable_idempotence: bool = True
+    kafka_request_timeout_s: PositiveFloat = 10.0
+    # Delays of the retry tiers; the last one repeats until the mailing's stop time.
+    retry_delays_s: Annotated[list[PositiveFloat], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0]
+    )
+    shutdown_grace_s: PositiveFloat = 15.0
+
+    # --- HTTP surfaces --------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    scheduler_port: int = Field(default=8001, ge=1, le=65535)
+    dispatcher_port: int = Field(default=8002, ge=1, le=65535)
+    reporter_port: int = Field(default=8003, ge=1, le=65535)
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr("dev-token")]
+    )
+    ready_timeout_s: PositiveFloat = 3.0
+
+    # --- external SMS gateway -------------------------------------------------------
+    provider_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8090/v1")
+    provider_token: SecretStr = SecretStr("sandbox-token")
+    provider_timeout_s: PositiveFloat = 10.0
+
+    # --- logging --------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = "auto"
+    log_file: Path | None = Path("statistic.log")
+
+    # --- reporting ------------------------------------------------------------------
+    report_timezone: str = "UTC"
+    report_time: time = time(8, 0)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            tokens = [part.strip() for part in value.split(",") if part.strip()]
+            if not tokens:
+                raise ValueError("give at least one token (comma-separated)")
+            return tokens
+        return value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _empty_log_file(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("retry_delays_s", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            if not parts:
+                raise ValueError("give at least one delay in seconds (comma-separated)")
+            return parts
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql+psycopg://", "postgresql://", "postgres://")):
+            raise ValueError("expected a PostgreSQL URL such as postgresql+psycopg://user@host/db")
+        # psycopg 3 is the driver everywhere; accept the libpq spelling too.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+psycopg://" + value.removeprefix(plain)
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    def token_values(self) -> list[str]:
+        return [token.get_secret_value() for token in self.api_tokens]
+
+
+_SECRET = re.compile("TOKEN|PASSWORD|SECRET")
+
+
+class SettingsError(SystemExit):
+    """Raised instead of a traceback when the environment is malformed."""
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        variable = "_".join(str(part) for part in error["loc"]).upper() or "<settings>"
+        shown = "***" if _SECRET.search(variable) else repr(error.get("input"))
+        lines.append(f"  {variable}: {error['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate settings; exit with a readable message when they are wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
