@@ -1,0 +1,1 @@
+"""Developer tooling: real infrastructure for tests and the local stack."""
