@@ -1,0 +1,146 @@
+"""Session infrastructure: the real PostgreSQL and the real Kafka broker.
+
+`make test` starts both (tools/infra.py) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a
+bare `pytest` starts them itself. Tests that need them fail loudly when they are
+missing: nothing here skips.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from shared.db import create_engine, create_session_factory
+from shared.settings import Settings, load_settings
+from tools.infra import KafkaServer, PostgresServer, run_migrations
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Infra:
+    database_url: str
+    kafka_bootstrap: str
+    kafka_version: str
+    postgres_version: str
+
+
+def pytest_report_header() -> list[str]:
+    lines = []
+    if version := os.environ.get("INFRA_KAFKA_VERSION"):
+        lines.append(f"kafka: {version} at {os.environ.get('KAFKA_BOOTSTRAP')}")
+    if version := os.environ.get("INFRA_POSTGRES_VERSION"):
+        lines.append(f"postgresql: {version}")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    database_url = os.environ.get("DATABASE_URL")
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    started: list[KafkaServer | PostgresServer] = []
+    try:
+        if not database_url:
+            pg = PostgresServer(tmp_path_factory.mktemp("pg"))
+            pg.start()
+            started.append(pg)
+            database_url = pg.url
+            run_migrations(database_url)
+            os.environ["INFRA_POSTGRES_VERSION"] = pg.description
+        if not bootstrap:
+            kafka = KafkaServer(tmp_path_factory.mktemp("kafka"))
+            kafka.start()
+            started.append(kafka)
+            bootstrap = kafka.bootstrap
+            os.environ["INFRA_KAFKA_VERSION"] = kafka.description
+        yield Infra(
+            database_url=database_url,
+            kafka_bootstrap=bootstrap,
+            kafka_version=os.environ.get("INFRA_KAFKA_VERSION", "external"),
+            postgres_version=os.environ.get("INFRA_POSTGRES_VERSION", "external"),
+        )
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def make_settings(infra: Infra, **overrides: object) -> Settings:
+    """Settings for one test: its own topic prefix so tests never read each other's."""
+    values: dict[str, object] = {
+        "database_url": infra.database_url,
+        "kafka_bootstrap": infra.kafka_bootstrap,
+        "kafka_topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
+        "kafka_partitions": 3,
+        "log_file": None,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def settings(infra: Infra) -> Settings:
+    return make_settings(infra)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings, application_name="tests")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_session_factory(engine)
+
+
+@pytest.fixture
+async def api(infra: Infra) -> AsyncIterator[ApiClient]:
+    """The admin API in-process (real PostgreSQL, real Kafka), with a valid token."""
+    from asgi_lifespan import LifespanManager
+    from httpx import ASGITransport, AsyncClient
+
+    from services.api.main import create_app
+
+    settings = make_settings(infra, api_tokens="test-token,second-token")
+    app = create_app(settings)
+    async with (
+        LifespanManager(app, startup_timeout=60) as manager,
+        AsyncClient(
+            transport=ASGITransport(app=manager.app),
+            base_url="http://testserver",
+            headers={"Authorization": "Bearer test-token"},
+        ) as client,
+    ):
+        yield ApiClient(client, settings, app)
+
+
+@dataclass
+class ApiClient:
+    http: Any
+    settings: Settings
+    app: Any
+
+    async def table_counts(self) -> dict[str, int]:
+        engine = create_engine(self.settings, application_name="tests")
+        try:
+            async with engine.connect() as conn:
+                from sqlalchemy import text
+
+                counts = {}
+                for table in ("client", "tag", "client_tag", "mailing", "message", "outbox"):
+                    counts[table] = (
+                        await conn.execute(text(f"SELECT count(*) FROM {table}"))
+                    ).scalar_one()
+                return counts
+        finally:
+            await engine.dispose()
