@@ -1,0 +1,155 @@
+"""The transactional outbox: an event is committed with the write that caused it, and a
+relay publishes committed events to Kafka.
+
+So an event is never lost while Kafka is down (it waits in the table) and never
+published for a rolled-back write. The relay claims rows with `FOR UPDATE SKIP LOCKED`
+under a transaction-level advisory lock: several processes may run a relay, one
+publishes at a time, so no row goes out twice in a normal run and events of one key
+keep their order. A crash between the Kafka ack and the commit republishes that batch
+once (at-least-once); consumers are idempotent by `event_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from shared.logging import get_logger
+from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
+from shared.models import Outbox
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from faststream.kafka import KafkaBroker
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from shared.events import Envelope
+
+log = get_logger(__name__)
+
+# Any fixed 64-bit number: the advisory lock that makes one relay publish at a time.
+_RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
+
+
+def add_event(session: AsyncSession, topic: str, event: Envelope[Any]) -> None:
+    """Stage `event` for `topic` in the caller's transaction."""
+    session.add(Outbox(topic=topic, key=event.key(), payload=event.to_record()))
+
+
+async def add_events(session: AsyncSession, topic: str, events: list[Envelope[Any]]) -> None:
+    """Stage many events with one INSERT."""
+    if events:
+        await session.execute(
+            insert(Outbox),
+            [{"topic": topic, "key": e.key(), "payload": e.to_record()} for e in events],
+        )
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broker: KafkaBroker,
+        *,
+        topics: Sequence[str],
+        service: str,
+        batch_size: int = 500,
+        idle_interval_s: float = 0.5,
+        keep_published: timedelta = timedelta(days=1),
+    ) -> None:
+        self.sessions = sessions
+        self.broker = broker
+        # Only this deployment's topics: a row for another prefix (left by an old
+        # configuration) must not block the rest.
+        self.topics = list(topics)
+        self.service = service
+        self.batch_size = batch_size
+        self.idle_interval_s = idle_interval_s
+        self.keep_published = keep_published
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called after a commit that staged events: publish now rather than at the tick."""
+        self._wake.set()
+
+    async def publish_once(self) -> int:
+        """Publish one batch; return how many rows went out (0 when idle or not leader)."""
+        async with self.sessions() as session, session.begin():
+            leader = await session.scalar(select(func.pg_try_advisory_xact_lock(_RELAY_LOCK)))
+            if not leader:
+                return 0
+            rows = (
+                await session.execute(
+                    select(Outbox.id, Outbox.topic, Outbox.key, Outbox.payload)
+                    .where(Outbox.published_at.is_(None), Outbox.topic.in_(self.topics))
+                    .order_by(Outbox.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Enqueue in id order (keeps per-key order), then wait for every ack.
+            pending = [
+                await self.broker.publish(
+                    row.payload, row.topic, key=row.key.encode(), no_confirm=True
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*pending)
+            await session.execute(
+                update(Outbox)
+                .where(Outbox.id.in_([row.id for row in rows]))
+                .values(published_at=func.now())
+            )
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
+        return len(rows)
+
+    async def backlog(self) -> int:
+        async with self.sessions() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(Outbox)
+                .where(Outbox.published_at.is_(None), Outbox.topic.in_(self.topics))
+            )
+        return int(count or 0)
+
+    async def purge_published(self) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                delete(Outbox).where(Outbox.published_at < func.now() - self.keep_published)
+            )
+
+    async def run(self, started: asyncio.Event) -> None:
+        """Publish until cancelled; back off while Kafka or PostgreSQL is unreachable."""
+        await started.wait()
+        delay = self.idle_interval_s
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time() + 60
+        while True:
+            try:
+                published = await self.publish_once()
+                delay = self.idle_interval_s
+                if published < self.batch_size:
+                    OUTBOX_BACKLOG.labels(self.service).set(0)
+                if loop.time() >= next_purge:
+                    next_purge = loop.time() + 60
+                    await self.purge_published()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                published = 0
+                log.warning("outbox_publish_failed", error=repr(exc), retry_in_s=delay)
+                with contextlib.suppress(Exception):
+                    OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())
+                delay = min(max(delay * 2, 1.0), 10.0)
+            if published >= self.batch_size:
+                continue  # more rows waiting: go on at once
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
