@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -52,3 +52,8 @@ infra-fetch: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .dev
+
+# Latency of the statistics read on a mailing with MESSAGES messages (default 100000).
+MESSAGES ?= 100000
+bench-api: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_api --messages $(MESSAGES)

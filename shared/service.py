@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.db import create_engine, create_session_factory, ping
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
@@ -218,14 +220,53 @@ def create_service_app(
         code = 200 if not result.failing else 503
         return JSONResponse(result.model_dump(), status_code=code)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "Exposition format"}},
+    )
     async def metrics() -> Response:
         body, content_type = render_latest()
         return Response(body, media_type=content_type)
 
     for router in routers:
         app.include_router(router)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     return app
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Framework errors as JSON, with two corrections:
+
+    - 405 lists every method the path allows (Starlette names only the first route's);
+    - a body that cannot be parsed is bad input: 422 naming the body, like invalid JSON.
+    """
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed: set[str] = set()
+        for route in request.app.router.routes:
+            match, _ = route.matches(request.scope)
+            if match != Match.NONE:
+                allowed |= set(getattr(route, "methods", None) or ())
+        headers["Allow"] = ", ".join(sorted(allowed))
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return JSONResponse(
+            {
+                "detail": [
+                    {
+                        "field": "body",
+                        "message": "request body could not be parsed",
+                        "type": "body_unparsable",
+                    }
+                ]
+            },
+            status_code=422,
+        )
+    if exc.status_code == 204 or exc.status_code == 304:
+        return Response(status_code=exc.status_code, headers=headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 OPS_DOC = "Liveness, readiness and metrics for operators and orchestrators (no token needed)."

@@ -1,25 +1,61 @@
-"""Composition root of the admin API: clients, mailings, statistics."""
+"""Composition root of the admin API: clients, mailings, statistics, forecast."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from services.api import errors
+from services.api.routes import clients, mailings
+from shared.logging import get_logger
+from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from shared.service import Runtime
     from shared.settings import Settings
+
+log = get_logger(__name__)
 
 DESCRIPTION = """
 Clients and mailings for operators and integrations.
+
+Authenticate with `Authorization: Bearer <token>` (tokens: `API_TOKENS`; the local
+stack accepts `dev-token`). Datetimes in mailing bodies are UTC `YYYY-MM-DD HH:MM:SS`
+(ISO 8601 with an offset or `Z` is accepted too).
+
+Every write is committed with an outbox row; a relay publishes the outbox to
+`client.events` and `mailing.events`, so writes are accepted while Kafka is down and
+their events go out when it is back.
 """
+
+TAGS = [
+    {"name": "clients", "description": "The directory of recipients."},
+    {"name": "mailings", "description": 'Mailings ("notifications"), their messages and forecast.'},
+]
+
+
+async def _start_relay(runtime: Runtime, app: FastAPI) -> None:
+    relay = OutboxRelay(
+        runtime.sessions, runtime.broker, topics=runtime.topics.all(), service=runtime.service
+    )
+    app.state.relay = relay
+    runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    return create_service_app(
+    if "dev-token" in settings.token_values():
+        log.warning("dev_token_accepted", hint="set API_TOKENS outside the local stack")
+    app = create_service_app(
         service="api",
         settings=settings,
         title="Notifications: admin API",
         description=DESCRIPTION,
+        routers=[clients.router, mailings.router],
+        setup=_start_relay,
+        openapi_tags=TAGS,
     )
+    app.state.api_tokens = [token.encode() for token in settings.token_values()]
+    errors.install(app)
+    return app

@@ -1,0 +1,244 @@
+"""Mailings: create, read with counts, replace, delete; messages; the forecast."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import delete, func, select
+
+from services.api.errors import NotFound
+from services.api.schemas import (
+    ForecastItem,
+    MailingIn,
+    MailingOut,
+    MessageOut,
+    format_utc,
+)
+from shared.audience import audience_condition
+from shared.events import MailingCreated, MailingData, MailingDeleted, MailingRef, MailingUpdated
+from shared.logging import bind_entities, get_logger
+from shared.models import (
+    BUCKET_OF,
+    BUCKETS,
+    PENDING_STATUSES,
+    Client,
+    Mailing,
+    MailingState,
+    Message,
+)
+from shared.outbox import add_event
+from shared.windows import Window, plan
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from shared.topics import Topics
+
+log = get_logger(__name__)
+
+NO_TIME_REASON = "no allowed local time before stop"
+
+
+def _data(mailing: Mailing) -> MailingData:
+    return MailingData(
+        id=mailing.id,
+        version=mailing.version,
+        start_at=mailing.start_at,
+        stop_at=mailing.stop_at,
+        text=mailing.text,
+        filter_tags=list(mailing.filter_tags),
+        filter_codes=list(mailing.filter_codes),
+        window_start=mailing.window_start,
+        window_end=mailing.window_end,
+    )
+
+
+def _out(mailing: Mailing, counts: dict[str, int]) -> MailingOut:
+    buckets = {bucket: 0 for bucket in BUCKETS}
+    for status, count in counts.items():
+        if status in BUCKET_OF:
+            buckets[BUCKET_OF[status]] += count
+    return MailingOut(
+        id=mailing.id,
+        date_time_start=mailing.start_at,
+        text=mailing.text,
+        date_time_stop=mailing.stop_at,
+        tag=list(mailing.filter_tags),
+        mobile_code=list(mailing.filter_codes),
+        time_interval_start=mailing.window_start,
+        time_interval_end=mailing.window_end,
+        number_of_messages=buckets,
+        messages_by_status={status: count for status, count in counts.items() if count},
+        state=mailing.state,
+        version=mailing.version,
+    )
+
+
+async def _counts(session: AsyncSession, ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {ident: {} for ident in ids}
+    if not ids:
+        return counts
+    rows = await session.execute(
+        select(Message.mailing_id, Message.status, func.count())
+        .where(Message.mailing_id.in_(list(ids)))
+        .group_by(Message.mailing_id, Message.status)
+    )
+    for mailing_id, status, count in rows:
+        counts[mailing_id][status] = count
+    return counts
+
+
+async def _mailing(session: AsyncSession, mailing_id: int, *, lock: bool = False) -> Mailing:
+    query = select(Mailing).where(Mailing.id == mailing_id)
+    if lock:
+        query = query.with_for_update()
+    mailing = await session.scalar(query)
+    if mailing is None:
+        raise NotFound("mailing", mailing_id)
+    return mailing
+
+
+def _apply(mailing: Mailing, body: MailingIn) -> None:
+    mailing.start_at = body.date_time_start
+    mailing.stop_at = body.date_time_stop
+    mailing.text = body.text
+    mailing.filter_tags = body.tag
+    mailing.filter_codes = body.mobile_code
+    mailing.window_start = body.time_interval_start
+    mailing.window_end = body.time_interval_end
+
+
+async def create_mailing(session: AsyncSession, topics: Topics, body: MailingIn) -> MailingOut:
+    mailing = Mailing(version=1, state=MailingState.SCHEDULED)
+    _apply(mailing, body)
+    session.add(mailing)
+    await session.flush()
+    await session.refresh(mailing)
+    bind_entities(mailing_id=mailing.id)
+    add_event(session, topics.mailing_events, MailingCreated(payload=_data(mailing)))
+    log.info("mailing_created", start_at=str(mailing.start_at), stop_at=str(mailing.stop_at))
+    return _out(mailing, {})
+
+
+async def get_mailing(session: AsyncSession, mailing_id: int) -> MailingOut:
+    mailing = await _mailing(session, mailing_id)
+    return _out(mailing, (await _counts(session, [mailing_id]))[mailing_id])
+
+
+async def list_mailings(
+    session: AsyncSession, limit: int, offset: int
+) -> tuple[int, list[MailingOut]]:
+    count = await session.scalar(select(func.count()).select_from(Mailing)) or 0
+    mailings = list(
+        await session.scalars(select(Mailing).order_by(Mailing.id).limit(limit).offset(offset))
+    )
+    counts = await _counts(session, [m.id for m in mailings])
+    return count, [_out(m, counts[m.id]) for m in mailings]
+
+
+async def replace_mailing(
+    session: AsyncSession, topics: Topics, mailing_id: int, body: MailingIn
+) -> MailingOut:
+    """A new version; the scheduler re-plans pending messages (design.md, Update)."""
+    mailing = await _mailing(session, mailing_id, lock=True)
+    bind_entities(mailing_id=mailing_id)
+    _apply(mailing, body)
+    mailing.version += 1
+    mailing.updated_at = func.now()
+    await session.flush()
+    await session.refresh(mailing)
+    add_event(session, topics.mailing_events, MailingUpdated(payload=_data(mailing)))
+    log.info("mailing_updated", version=mailing.version)
+    return _out(mailing, (await _counts(session, [mailing_id]))[mailing_id])
+
+
+async def delete_mailing(session: AsyncSession, topics: Topics, mailing_id: int) -> None:
+    """The mailing and its messages go; a message not yet claimed is never sent."""
+    mailing = await _mailing(session, mailing_id, lock=True)
+    bind_entities(mailing_id=mailing_id)
+    version = mailing.version
+    await session.execute(delete(Mailing).where(Mailing.id == mailing_id))
+    add_event(
+        session,
+        topics.mailing_events,
+        MailingDeleted(payload=MailingRef(id=mailing_id, version=version)),
+    )
+    log.info("mailing_deleted")
+
+
+async def list_messages(
+    session: AsyncSession, mailing_id: int, limit: int, offset: int, statuses: Sequence[str]
+) -> tuple[int, list[MessageOut]]:
+    await _mailing(session, mailing_id)
+    condition = Message.mailing_id == mailing_id
+    if statuses:
+        condition = condition & Message.status.in_(list(statuses))
+    count = await session.scalar(select(func.count()).select_from(Message).where(condition)) or 0
+    messages = await session.scalars(
+        select(Message).where(condition).order_by(Message.id).limit(limit).offset(offset)
+    )
+    return count, [
+        MessageOut(
+            id=m.id,
+            pub_date=m.sent_at or m.created_at,
+            status=BUCKET_OF.get(m.status, "Unable to deliver"),
+            notification=m.mailing_id,
+            clients=[m.client_id],
+            state=m.status,
+            attempts=m.attempts,
+            due_at=m.due_at,
+            sent_at=m.sent_at,
+            last_error=m.last_error,
+        )
+        for m in messages
+    ]
+
+
+async def forecast(
+    session: AsyncSession, mailing_id: int, limit: int, offset: int, now: datetime | None = None
+) -> tuple[int, list[ForecastItem], dict[str, int]]:
+    """Planned send time per client, by the scheduler's own window algebra.
+
+    Before activation: every client matching the filter now. After: the clients with a
+    pending message. `by_hour` covers all of them, not only the page.
+    """
+    mailing = await _mailing(session, mailing_id)
+    now = now or datetime.now(UTC)
+    if mailing.state == MailingState.SCHEDULED:
+        query = select(Client.id, Client.timezone).where(
+            audience_condition(mailing.filter_tags, mailing.filter_codes)
+        )
+    else:
+        query = (
+            select(Client.id, Client.timezone)
+            .join(Message, Message.client_id == Client.id)
+            .where(Message.mailing_id == mailing_id, Message.status.in_(PENDING_STATUSES))
+        )
+    rows = (await session.execute(query.order_by(Client.id))).all()
+    window = (
+        Window(mailing.window_start, mailing.window_end)
+        if mailing.window_start is not None and mailing.window_end is not None
+        else None
+    )
+    zones: dict[str, ZoneInfo] = {}
+    by_hour: Counter[str] = Counter()
+    items: list[ForecastItem] = []
+    for position, (client_id, zone_name) in enumerate(rows):
+        zone = zones.get(zone_name) or zones.setdefault(zone_name, ZoneInfo(zone_name))
+        due, reason = plan(mailing.start_at, mailing.stop_at, now, window, zone)
+        if due is not None:
+            by_hour[format_utc(due.replace(minute=0, second=0, microsecond=0))] += 1
+        if offset <= position < offset + limit:
+            items.append(
+                ForecastItem(
+                    client=client_id,
+                    send_at=format_utc(due) if due is not None else None,
+                    reason=reason,
+                )
+            )
+    return len(rows), items, dict(sorted(by_hour.items()))
