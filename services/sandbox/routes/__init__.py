@@ -1,0 +1,1 @@
+"""FastAPI routes of the sandbox (everything except the send hot path)."""
