@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +49,13 @@ def _drop_keys(*keys: str) -> Processor:
 
 
 def _shared_processors(service: str) -> list[Processor]:
+    pid = os.getpid()
+
     def add_service(
         _: Any, __: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         event_dict.setdefault("service", service)
+        event_dict.setdefault("pid", pid)
         return event_dict
 
     return [

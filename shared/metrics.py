@@ -103,3 +103,44 @@ OUTBOX_PUBLISHED = Counter(
     "Outbox rows published to Kafka.",
     ["service"],
 )
+MESSAGES_FIRED = Counter(
+    f"{PREFIX}_scheduler_fired_messages_total",
+    "Due messages the scheduler queued and published as send commands.",
+)
+SCHEDULER_BACKLOG = Gauge(
+    f"{PREFIX}_scheduler_due_backlog_messages",
+    "Messages due now or earlier that are not yet queued (due-but-unsent backlog).",
+)
+GATEWAY_LATENCY = Histogram(
+    f"{PREFIX}_gateway_request_duration_seconds",
+    "Gateway call latency by outcome (ok, transient, permanent, auth).",
+    ["outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+GATEWAY_OUTCOMES = Counter(
+    f"{PREFIX}_gateway_requests_total",
+    "Gateway calls by outcome and HTTP status ('none' for no answer).",
+    ["outcome", "status"],
+)
+MESSAGE_TRANSITIONS = Counter(
+    f"{PREFIX}_message_transitions_total",
+    "Message status changes made by this process, by new status.",
+    ["service", "status"],
+)
+RETRIES = Counter(
+    f"{PREFIX}_dispatcher_retries_total",
+    "Messages sent to a retry tier, by tier.",
+    ["tier"],
+)
+DLQ_RECORDS = Counter(
+    f"{PREFIX}_dispatcher_dlq_records_total",
+    "Messages that failed permanently and went to the dead-letter topic.",
+)
+BREAKER_STATE = Gauge(
+    f"{PREFIX}_dispatcher_breaker_state_info",
+    "Gateway circuit breaker: 0 closed, 1 half-open, 2 open.",
+)
+BREAKER_OPENINGS = Counter(
+    f"{PREFIX}_dispatcher_breaker_openings_total",
+    "Times the gateway circuit breaker opened.",
+)

@@ -53,6 +53,11 @@ class Runtime:
     broker: KafkaBroker
     broker_started: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run `close` at shutdown, after the broker has stopped."""
+        self.closers.append(close)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         """Run a background loop for the life of the process; its crash is logged."""
@@ -192,6 +197,9 @@ def create_service_app(
             await asyncio.gather(*runtime.tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await runtime.broker.stop()
+            for close in runtime.closers:
+                with contextlib.suppress(Exception):
+                    await close()
             await engine.dispose()
             log.info("service_stopped")
 

@@ -72,6 +72,28 @@ class Settings(BaseSettings):
     provider_token: SecretStr = SecretStr("sandbox-token")
     provider_timeout_s: PositiveFloat = 10.0
 
+    provider_concurrency: PositiveInt = 64
+    # Requests per second toward the gateway (0 = no limit).
+    provider_rate_limit: float = Field(default=0.0, ge=0)
+    # Whether an ambiguous outcome (timeout after sending, 5xx, garbage) may be retried
+    # with the same message id: true for a gateway that de-duplicates by msgId.
+    provider_deduplicates: bool = True
+
+    # --- scheduling and dispatch ----------------------------------------------------
+    scheduler_poll_interval_s: PositiveFloat = 0.2
+    scheduler_batch_size: PositiveInt = 2000
+    expansion_batch_size: PositiveInt = 50_000
+    # A message stuck in `sending` longer than this is recovered by the scheduler.
+    sending_lease_s: PositiveFloat = 60.0
+    # A message `queued` longer than this has its send command published again.
+    requeue_after_s: PositiveFloat = 300.0
+    dispatcher_batch_size: PositiveInt = 500
+    # Circuit breaker: open after this many transient failures in a row...
+    breaker_failures: PositiveInt = 20
+    # ...for this long (doubling while the gateway keeps failing, up to the maximum).
+    breaker_open_s: PositiveFloat = 5.0
+    breaker_open_max_s: PositiveFloat = 60.0
+
     # --- logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "auto"

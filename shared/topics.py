@@ -45,6 +45,11 @@ class Topics:
     def message_status(self) -> str:
         return self.prefix + MESSAGE_STATUS
 
+    def group(self, name: str) -> str:
+        """A consumer group id, namespaced like the topics: deployments that share a
+        cluster under different prefixes never share a group."""
+        return self.prefix + name
+
     def all(self) -> list[str]:
         return [
             self.mailing_events,

@@ -57,8 +57,18 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [_describe(dict(error)) for error in exc.errors()]
+        content_type = request.headers.get("content-type", "")
+        if any(d["field"] == "body" for d in details) and "json" not in content_type:
+            details = [
+                {
+                    "field": "body",
+                    "message": "send the body as JSON with Content-Type: application/json "
+                    f"(got {content_type or 'no Content-Type'})",
+                    "type": "content_type",
+                }
+            ]
         return JSONResponse({"detail": details}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(NotFound)

@@ -4,25 +4,62 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from services.dispatcher.breaker import CircuitBreaker
+from services.dispatcher.delivery import Delivery
+from services.dispatcher.gateway import HttpGateway
+from services.dispatcher.handlers import subscribe
+from services.dispatcher.ratelimit import RateLimiter
+from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from shared.service import Runtime
     from shared.settings import Settings
 
 DESCRIPTION = """
 Claims each message, calls the external SMS gateway and records the outcome.
 
 Consumes `message.send` and its retry tiers; publishes retries, `message.send.dlq` and
-`message.status`.
+`message.status` through its outbox.
 """
 
 
 def create_app(settings: Settings) -> FastAPI:
+    parts: list[tuple[Delivery, OutboxRelay, HttpGateway]] = []
+
+    def wire(runtime: Runtime) -> None:
+        relay = OutboxRelay(
+            runtime.sessions, runtime.broker, topics=runtime.topics.all(), service="dispatcher"
+        )
+        gateway = HttpGateway(settings)
+        breaker = CircuitBreaker(
+            settings.breaker_failures, settings.breaker_open_s, settings.breaker_open_max_s
+        )
+        delivery = Delivery(
+            sessions=runtime.sessions,
+            topics=runtime.topics,
+            settings=settings,
+            gateway=gateway,
+            breaker=breaker,
+            limiter=RateLimiter(settings.provider_rate_limit),
+            on_commit=relay.wake,
+        )
+        parts.append((delivery, relay, gateway))
+        subscribe(runtime, delivery, breaker)
+
+    async def start(runtime: Runtime, app: FastAPI) -> None:
+        delivery, relay, gateway = parts[-1]
+        app.state.delivery = delivery
+        runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
+        runtime.on_stop(gateway.close)
+
     return create_service_app(
         service="dispatcher",
         settings=settings,
         title="Notifications: dispatcher",
         description=DESCRIPTION,
+        subscribe=wire,
+        setup=start,
     )

@@ -1,0 +1,118 @@
+"""The SMS gateway client, behind one small interface.
+
+`POST {PROVIDER_URL}/send/{msgId}` with `{"id", "phone", "text"}` and the bearer token.
+Success is a 200 whose body is exactly `{"code": 0, ...}`; anything else is classified:
+permanent (4xx other than 401/403/408/429), auth (401/403: a configuration fault, not
+the message's), or transient (timeouts, connection errors, 5xx, 408, 429, malformed
+answers).
+
+httpx runs on the aiohttp transport: on this machine httpx's own pool manages a few
+hundred requests per second while the aiohttp transport reaches well over a thousand
+(design.md, Reliability notes), and the gateway client is on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    AUTH = "auth"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    # True when the gateway may have acted on the request (sent, then no clear answer).
+    ambiguous: bool = False
+
+
+def classify(status: int, body: bytes, retry_after: str | None = None) -> Result:
+    """Turn an HTTP answer into an outcome. Pure: unit-tested on its own."""
+    if status == 200:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return Result(Outcome.TRANSIENT, status, "malformed 200: not JSON", ambiguous=True)
+        if isinstance(parsed, dict) and parsed.get("code") == 0 and type(parsed["code"]) is int:
+            return Result(Outcome.OK, status)
+        return Result(Outcome.TRANSIENT, status, f"malformed 200: {body[:80]!r}", ambiguous=True)
+    if status in (401, 403):
+        return Result(Outcome.AUTH, status, f"gateway refused the token ({status})")
+    if status == 429:
+        return Result(Outcome.TRANSIENT, status, "rate limited (429)", _seconds(retry_after))
+    if status == 408:
+        return Result(Outcome.TRANSIENT, status, "gateway timeout (408)", ambiguous=True)
+    if 400 <= status < 500:
+        return Result(Outcome.PERMANENT, status, f"rejected ({status}): {body[:120]!r}")
+    return Result(Outcome.TRANSIENT, status, f"gateway error ({status})", ambiguous=True)
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class Gateway(Protocol):
+    async def send(self, message_id: int, phone: str, text: str, deadline_s: float) -> Result: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpGateway:
+    def __init__(self, settings: Settings) -> None:
+        self.base = str(settings.provider_url).rstrip("/")
+        limit = settings.provider_concurrency
+        self.client = httpx.AsyncClient(
+            transport=AiohttpTransport(limits=httpx.Limits(max_connections=limit)),
+            headers={
+                "Authorization": f"Bearer {settings.provider_token.get_secret_value()}",
+                "Content-Type": "application/json",
+            },
+            timeout=httpx.Timeout(settings.provider_timeout_s),
+        )
+
+    async def send(self, message_id: int, phone: str, text: str, deadline_s: float) -> Result:
+        body = json.dumps({"id": message_id, "phone": int(phone), "text": text})
+        sent = False
+        try:
+            # A total deadline: httpx's per-phase timeouts let a slow drip run on.
+            async with asyncio.timeout(deadline_s):
+                request = self.client.build_request(
+                    "POST", f"{self.base}/send/{message_id}", content=body
+                )
+                sent = True
+                response = await self.client.send(request)
+                content = await response.aread()
+        except TimeoutError:
+            return Result(
+                Outcome.TRANSIENT, None, f"no answer within {deadline_s:.1f} s", ambiguous=sent
+            )
+        except httpx.ConnectError as exc:
+            return Result(Outcome.TRANSIENT, None, f"connection failed: {exc!s:.120}")
+        except httpx.HTTPError as exc:
+            return Result(Outcome.TRANSIENT, None, f"transport error: {exc!r:.120}", ambiguous=True)
+        return classify(response.status_code, content, response.headers.get("retry-after"))
+
+    async def close(self) -> None:
+        await self.client.aclose()
