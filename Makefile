@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -57,3 +57,8 @@ clean:
 MESSAGES ?= 100000
 bench-api: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_api --messages $(MESSAGES)
+
+# Replay the dead-letter topic of the stack DATABASE_URL / KAFKA_BOOTSTRAP point at
+# (the local stack: see `make dev`'s output). MAILING=<id> for one mailing; DRY_RUN=1.
+replay-dlq: venv
+	$(BIN)/python -m services.dispatcher.replay_dlq $(if $(MAILING),--mailing $(MAILING)) $(if $(DRY_RUN),--dry-run)

@@ -297,3 +297,69 @@ async def test_deleted_client_is_cancelled_and_history_stays(pipeline: Pipeline)
     assert await pipeline.statuses(second["id"]) == {"cancelled": 1}
     assert await pipeline.statuses(first["id"]) == {"sent": 1}  # history stays
     assert len(await pipeline.control.accepted()) == 1
+
+
+async def test_dead_letters_can_be_replayed(pipeline: Pipeline) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from aiokafka import AIOKafkaProducer
+
+    from shared.events import SendData, SendMessage
+    from tests.conftest import REPO
+
+    tag = f"t{uuid.uuid4().hex[:6]}"
+    [client] = await pipeline.clients(1, tag=[tag])
+    mailing = await pipeline.mailing(
+        **window_body(now() - timedelta(minutes=1), now() + timedelta(minutes=10)),
+        text="Second chance",
+        tag=[tag],
+    )
+    assert await pipeline.settled(mailing["id"]) == {"sent": 1}
+    # As a permanent gateway error leaves it: failed, and its command in the DLQ.
+    [(message_id,)] = pipeline.query(
+        "UPDATE message SET status = 'failed', sent_at = NULL, last_error = 'rejected (400)' "
+        "WHERE mailing_id = %s RETURNING id",
+        mailing["id"],
+    )
+    await pipeline.control.reset()
+    producer = AIOKafkaProducer(bootstrap_servers=pipeline.infra.kafka_bootstrap)
+    await producer.start()
+    try:
+        dead = SendMessage(
+            payload=SendData(
+                message_id=message_id,
+                mailing_id=mailing["id"],
+                client_id=client["id"],
+                last_error="rejected (400)",
+            )
+        )
+        await producer.send_and_wait(
+            f"{pipeline.name}.message.send.dlq",
+            dead.model_dump_json().encode(),
+            key=str(message_id).encode(),
+        )
+    finally:
+        await producer.stop()
+
+    def replay(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.dispatcher.replay_dlq", *args],
+            cwd=REPO,
+            env={**pipeline.base_env, "LOG_FILE": ""},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    assert replay("--dry-run") == "records=1 selected=1 replayed=0 skipped=0 unreadable=0"
+    assert await pipeline.statuses(mailing["id"]) == {"failed": 1}
+    assert replay() == "records=1 selected=1 replayed=1 skipped=0 unreadable=0"
+    assert await pipeline.settled(mailing["id"]) == {"sent": 1}
+    assert [msg_id for msg_id, _ in await pipeline.control.accepted()] == [message_id]
+    assert replay() == "records=0 selected=0 replayed=0 skipped=0 unreadable=0"
+    assert os.environ  # the replay used the pipeline's own settings

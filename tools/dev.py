@@ -35,6 +35,7 @@ class Service:
     module: str
     port: int
     extra: str = ""
+    ready_path: str = "/ready"
 
 
 SERVICES = (
@@ -42,7 +43,15 @@ SERVICES = (
     Service("scheduler", "services.scheduler", 8001),
     Service("dispatcher", "services.dispatcher", 8002),
     Service("reporter", "services.reporter", 8003),
+    Service(
+        "sandbox",
+        "services.sandbox",
+        8090,
+        "SMS gateway sandbox (ledger and faults: http://127.0.0.1:8091/docs)",
+        ready_path="/health",
+    ),
 )
+SANDBOX_CONTROL_PORT = 8091
 
 
 def say(text: str) -> None:
@@ -50,9 +59,9 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, path: str = "/ready") -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=3) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -118,6 +127,8 @@ class Stack:
             env.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
         for service in SERVICES:
             env[f"{service.name.upper()}_PORT"] = str(service.port)
+        env["SANDBOX_CONTROL_PORT"] = str(SANDBOX_CONTROL_PORT)
+        env.setdefault("PROVIDER_URL", "http://127.0.0.1:8090/v1")
         for service in SERVICES:
             self.children[service.name] = subprocess.Popen(
                 [sys.executable, "-m", service.module], cwd=REPO, env=env
@@ -129,7 +140,7 @@ class Stack:
         while pending and time.monotonic() < deadline and not self.stopping.is_set():
             self._check_children()
             for name, service in list(pending.items()):
-                if _ready(service.port):
+                if _ready(service.port, service.ready_path):
                     del pending[name]
             time.sleep(0.3)
         if pending and not self.stopping.is_set():

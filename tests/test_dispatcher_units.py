@@ -1,0 +1,137 @@
+"""The dispatcher's pure parts: classifying gateway answers, the circuit breaker, and
+which send commands wait in Kafka."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from services.dispatcher.breaker import CircuitBreaker, State
+from services.dispatcher.gateway import Outcome, classify
+from services.dispatcher.handlers import split_ready
+from shared.events import SendData, SendMessage
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcome", "ambiguous"),
+    [
+        (200, b'{"code": 0, "message": "OK"}', Outcome.OK, False),
+        (200, b'{"code": 0}', Outcome.OK, False),
+        (200, b'{"code": "0", "message": "OK"}', Outcome.TRANSIENT, True),
+        (200, b'{"code": false}', Outcome.TRANSIENT, True),
+        (200, b"OK", Outcome.TRANSIENT, True),
+        (200, b"<html>hi</html>", Outcome.TRANSIENT, True),
+        (200, b"[0]", Outcome.TRANSIENT, True),
+        (400, b'{"detail": "id mismatch"}', Outcome.PERMANENT, False),
+        (404, b"", Outcome.PERMANENT, False),
+        (401, b"", Outcome.AUTH, False),
+        (403, b"", Outcome.AUTH, False),
+        (408, b"", Outcome.TRANSIENT, True),
+        (429, b"", Outcome.TRANSIENT, False),
+        (500, b"", Outcome.TRANSIENT, True),
+        (503, b"", Outcome.TRANSIENT, True),
+    ],
+)
+def test_classify(status: int, body: bytes, outcome: Outcome, ambiguous: bool) -> None:
+    result = classify(status, body)
+    assert result.outcome == outcome
+    assert result.ambiguous == ambiguous
+    assert result.status == status
+
+
+def test_retry_after_is_read_from_429() -> None:
+    assert classify(429, b"", "7").retry_after == 7.0
+    assert classify(429, b"", "soon").retry_after is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_probes_and_backs_off() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, open_s=5, open_max_s=12, clock=clock)
+    for _ in range(2):
+        breaker.failure()
+    assert breaker.allow()
+    breaker.failure()
+    assert breaker.state == State.OPEN
+    assert not breaker.allow()
+    assert breaker.wait_s() == 5
+    clock.now = 5
+    assert breaker.allow()  # the one probe
+    assert not breaker.allow()  # nobody else meanwhile
+    breaker.failure()  # the probe failed: open twice as long
+    assert breaker.state == State.OPEN
+    assert breaker.wait_s() == 10
+    clock.now = 15
+    assert breaker.allow()
+    breaker.failure()
+    assert breaker.wait_s() == 12  # capped
+    clock.now = 27
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state.name == "CLOSED"
+    assert breaker.allow()
+    assert breaker.opened_count == 3
+
+
+def test_a_success_resets_the_count_of_failures() -> None:
+    breaker = CircuitBreaker(failures=3, open_s=5, open_max_s=60, clock=Clock())
+    breaker.failure()
+    breaker.failure()
+    breaker.success()
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == State.CLOSED
+
+
+def record(partition: int, offset: int, not_before: datetime | None) -> Any:
+    command = SendMessage(
+        payload=SendData(message_id=offset, mailing_id=1, client_id=1, not_before=not_before)
+    )
+    return ConsumerRecord(
+        "retry.1",
+        partition,
+        offset,
+        0,
+        0,
+        None,
+        command.model_dump_json().encode(),
+        None,
+        0,
+        0,
+        [],
+    )
+
+
+def test_split_ready_holds_each_partition_from_its_first_early_record() -> None:
+    now = datetime(2031, 1, 1, tzinfo=UTC)
+    past, future = now - timedelta(seconds=1), now + timedelta(seconds=30)
+    records = (
+        record(0, 10, past),
+        record(0, 11, future),
+        record(0, 12, past),  # after a held record: waits with it
+        record(1, 20, None),
+        record(1, 21, past),
+    )
+    ready, hold = split_ready(records, now, breaker_wait_s=0)
+    assert [command.message_id for command in ready] == [10, 20, 21]
+    assert hold == {TopicPartition("retry.1", 0): (11, 30.0)}
+
+
+def test_an_open_breaker_holds_everything() -> None:
+    now = datetime(2031, 1, 1, tzinfo=UTC)
+    ready, hold = split_ready((record(0, 5, None), record(1, 7, None)), now, breaker_wait_s=4)
+    assert ready == []
+    assert hold == {
+        TopicPartition("retry.1", 0): (5, 4),
+        TopicPartition("retry.1", 1): (7, 4),
+    }
