@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq bench
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -62,3 +62,12 @@ bench-api: venv
 # (the local stack: see `make dev`'s output). MAILING=<id> for one mailing; DRY_RUN=1.
 replay-dlq: venv
 	$(BIN)/python -m services.dispatcher.replay_dlq $(if $(MAILING),--mailing $(MAILING)) $(if $(DRY_RUN),--dry-run)
+
+# The pipeline benchmark: N clients (default 100000; N=1000000 works), one mailing,
+# the sandbox with no faults, everything on this machine. Prints expansion time,
+# end-to-end throughput, due->gateway latency, peak RSS per process, and the sandbox's
+# own ceiling measured alone in the same run. DISPATCHERS=K for K dispatcher processes.
+N ?= 100000
+DISPATCHERS ?= 1
+bench: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench --clients $(N) --dispatchers $(DISPATCHERS)

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     provider_timeout_s: PositiveFloat = 10.0
 
     provider_concurrency: PositiveInt = 64
+    # The gateway client: httpx (on the aiohttp transport) or aiohttp alone.
+    provider_client: Literal["httpx", "aiohttp"] = "httpx"
     # Requests per second toward the gateway (0 = no limit).
     provider_rate_limit: float = Field(default=0.0, ge=0)
     # Whether an ambiguous outcome (timeout after sending, 5xx, garbage) may be retried

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -116,3 +117,58 @@ class HttpGateway:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class AiohttpGateway:
+    """The same calls on aiohttp alone (`PROVIDER_CLIENT=aiohttp`): less per-request work
+    than httpx's request model on top of the same transport; measured by `make bench`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = str(settings.provider_url).rstrip("/")
+        self.headers = {
+            "Authorization": f"Bearer {settings.provider_token.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
+        self.limit = settings.provider_concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.limit),
+                headers=self.headers,
+            )
+        return self._session
+
+    async def send(self, message_id: int, phone: str, text: str, deadline_s: float) -> Result:
+        body = json.dumps({"id": message_id, "phone": int(phone), "text": text})
+        sent = False
+        try:
+            async with asyncio.timeout(deadline_s):
+                sent = True
+                async with self.session.post(
+                    f"{self.base}/send/{message_id}", data=body
+                ) as response:
+                    content = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+        except TimeoutError:
+            return Result(
+                Outcome.TRANSIENT, None, f"no answer within {deadline_s:.1f} s", ambiguous=sent
+            )
+        except aiohttp.ClientConnectorError as exc:
+            return Result(Outcome.TRANSIENT, None, f"connection failed: {exc!s:.120}")
+        except aiohttp.ClientError as exc:
+            return Result(Outcome.TRANSIENT, None, f"transport error: {exc!r:.120}", ambiguous=True)
+        return classify(status, content, retry_after)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def create_gateway(settings: Settings) -> Gateway:
+    if settings.provider_client == "aiohttp":
+        return AiohttpGateway(settings)
+    return HttpGateway(settings)

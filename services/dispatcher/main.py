@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from services.dispatcher.breaker import CircuitBreaker
 from services.dispatcher.delivery import Delivery
-from services.dispatcher.gateway import HttpGateway
+from services.dispatcher.gateway import Gateway, create_gateway
 from services.dispatcher.handlers import subscribe
 from services.dispatcher.ratelimit import RateLimiter
 from shared.outbox import OutboxRelay
@@ -27,13 +27,13 @@ Consumes `message.send` and its retry tiers; publishes retries, `message.send.dl
 
 
 def create_app(settings: Settings) -> FastAPI:
-    parts: list[tuple[Delivery, OutboxRelay, HttpGateway]] = []
+    parts: list[tuple[Delivery, OutboxRelay, Gateway]] = []
 
     def wire(runtime: Runtime) -> None:
         relay = OutboxRelay(
             runtime.sessions, runtime.broker, topics=runtime.topics.all(), service="dispatcher"
         )
-        gateway = HttpGateway(settings)
+        gateway = create_gateway(settings)
         breaker = CircuitBreaker(
             settings.breaker_failures, settings.breaker_open_s, settings.breaker_open_max_s
         )
