@@ -241,6 +241,13 @@ async def test_edit_cancels_clients_that_no_longer_match(pipeline: Pipeline) -> 
     )
     mailing = await pipeline.mailing(**body)
     await eventually(lambda: pipeline.statuses(mailing["id"]), lambda c: c == {"scheduled": 4})
+    # Activation released its per-mailing lock (a leaked one would block the edit).
+    held = pipeline.query(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND d.datname = %s",
+        pipeline.name,
+    )
+    assert held == [(0,)]
     await pipeline.api.put(f"/api/v1/notifications/{mailing['id']}/", json={**body, "tag": [keep]})
     counts = await eventually(
         lambda: pipeline.statuses(mailing["id"]),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +54,10 @@ from shared.models import (
 from shared.statuses import stage_status_events, transition_where
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from faststream.kafka import KafkaBroker
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
     from shared.topics import Topics
@@ -116,13 +117,11 @@ class Scheduler:
 
     async def activate(self, mailing_id: int) -> int:
         """Expand one mailing's audience into messages; 1 if this call activated it."""
-        async with self.sessions() as session:
-            conn = await session.connection()
-            if not await _try_lock(conn, mailing_id):
+        async with self._mailing_lock(mailing_id, wait=False) as locked:
+            if not locked:
                 return 0  # another scheduler is on it
-            try:
-                await session.commit()  # the lock is per session, not per transaction
-                mailing = await session.get(Mailing, mailing_id, populate_existing=True)
+            async with self.sessions() as session:
+                mailing = await session.get(Mailing, mailing_id)
                 if mailing is None or mailing.state != MailingState.SCHEDULED:
                     return 0
                 bind_entities(mailing_id=mailing_id)
@@ -138,18 +137,31 @@ class Scheduler:
                     )
                 )
                 await session.commit()
-                log.info(
-                    "mailing_activated",
-                    messages=created,
-                    version=mailing.version,
-                    seconds=round(asyncio.get_running_loop().time() - started, 3),
+            log.info(
+                "mailing_activated",
+                messages=created,
+                version=mailing.version,
+                seconds=round(asyncio.get_running_loop().time() - started, 3),
+            )
+            clear_context()
+            self.wake()
+            return 1
+
+    @asynccontextmanager
+    async def _mailing_lock(self, mailing_id: int, *, wait: bool) -> AsyncIterator[bool]:
+        """Hold this mailing's advisory lock while the block runs (its own transaction on
+        its own connection, so the work's commits do not release it)."""
+        key = mailing_id & 0x7FFFFFFF
+        async with self.sessions() as lock_session, lock_session.begin():
+            if wait:
+                await lock_session.execute(select(func.pg_advisory_xact_lock(_MAILING_LOCK, key)))
+                yield True
+            else:
+                yield bool(
+                    await lock_session.scalar(
+                        select(func.pg_try_advisory_xact_lock(_MAILING_LOCK, key))
+                    )
                 )
-                self.wake()
-                return 1
-            finally:
-                await _unlock(await session.connection(), mailing_id)
-                await session.commit()
-                clear_context()
 
     async def _expand(self, session: AsyncSession, mailing: Mailing, *, now: datetime) -> int:
         """Insert one message per matching client, in client-id batches, committing each."""
@@ -306,33 +318,36 @@ class Scheduler:
             self._on_commit()
         return count
 
+    async def _claim(self, session: AsyncSession, condition: Any, **values: Any) -> Sequence[Any]:
+        """Lock up to a batch of messages matching `condition` (skipping locked ones),
+        set `values`, and return (id, mailing_id, client_id, attempts) of each."""
+        return (
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.id.in_(
+                        select(Message.id)
+                        .where(condition)
+                        .limit(self.settings.scheduler_batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .values(updated_at=func.now(), **values)
+                .returning(Message.id, Message.mailing_id, Message.client_id, Message.attempts)
+            )
+        ).all()
+
     async def recover_stuck(self) -> int:
         """Messages in `sending` past their lease: the dispatcher died mid-request."""
         async with self.sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.id.in_(
-                            select(Message.id)
-                            .where(
-                                Message.status == MessageStatus.SENDING,
-                                Message.lease_until < func.now(),
-                            )
-                            .limit(self.settings.scheduler_batch_size)
-                            .with_for_update(skip_locked=True)
-                        )
-                    )
-                    .values(
-                        status=MessageStatus.SCHEDULED,
-                        due_at=func.now(),
-                        lease_until=None,
-                        last_error="lease expired: dispatcher stopped mid-request",
-                        updated_at=func.now(),
-                    )
-                    .returning(Message.id, Message.mailing_id, Message.client_id, Message.attempts)
-                )
-            ).all()
+            rows = await self._claim(
+                session,
+                and_(Message.status == MessageStatus.SENDING, Message.lease_until < func.now()),
+                status=MessageStatus.SCHEDULED,
+                due_at=func.now(),
+                lease_until=None,
+                last_error="lease expired: dispatcher stopped mid-request",
+            )
             await stage_status_events(
                 session,
                 self.topics,
@@ -346,34 +361,18 @@ class Scheduler:
         return len(rows)
 
     async def requeue_stale(self) -> int:
-        """Safety net: a `queued` message whose command vanished is published again.
+        """Safety net: a message `queued` for long has its command published again.
 
-        A command is published before its claim commits, so none should vanish; this
-        covers what nobody foresaw. A duplicate command is harmless (the dispatcher's
-        claim is a compare-and-set)."""
+        Commands are published right after the claim commits; this covers a crash in
+        between. A duplicate command is harmless (the dispatcher's claim is a
+        compare-and-set)."""
+        stale = func.now() - timedelta(seconds=self.settings.requeue_after_s)
         async with self.sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.id.in_(
-                            select(Message.id)
-                            .where(
-                                Message.status == MessageStatus.QUEUED,
-                                Message.updated_at
-                                < func.now() - timedelta(seconds=self.settings.requeue_after_s),
-                            )
-                            .limit(self.settings.scheduler_batch_size)
-                            .with_for_update(skip_locked=True)
-                        )
-                    )
-                    .values(updated_at=func.now())
-                    .returning(Message.id, Message.mailing_id, Message.client_id, Message.attempts)
-                )
-            ).all()
-            if rows:
-                await self._publish_sends(rows)
+            rows = await self._claim(
+                session, and_(Message.status == MessageStatus.QUEUED, Message.updated_at < stale)
+            )
         if rows:
+            await self._publish_sends(rows)
             log.warning("queued_messages_republished", count=len(rows))
         return len(rows)
 
@@ -391,53 +390,48 @@ class Scheduler:
     async def apply_edit(self, mailing_id: int) -> None:
         """Re-plan a running mailing after an update, from the row (the truth), so a
         replayed or reordered event does the same thing."""
-        async with self.sessions() as session:
-            conn = await session.connection()
-            # Waits while another scheduler activates or edits this mailing.
-            await conn.execute(
-                select(func.pg_advisory_lock(_MAILING_LOCK, mailing_id & 0x7FFFFFFF))
+        # Waits while another scheduler activates or edits this mailing.
+        async with (
+            self._mailing_lock(mailing_id, wait=True),
+            self.sessions() as session,
+        ):
+            mailing = await session.get(Mailing, mailing_id)
+            if mailing is None or mailing.state == MailingState.SCHEDULED:
+                return  # deleted, or not active yet: activation uses the new version
+            bind_entities(mailing_id=mailing_id)
+            now = _now()
+            if mailing.state == MailingState.FINISHED and now < mailing.stop_at:
+                mailing.state = MailingState.RUNNING
+            match = audience_condition(mailing.filter_tags, mailing.filter_codes)
+            matching = select(Client.id).where(match)
+            cancelled = await transition_where(
+                session,
+                self.topics,
+                and_(
+                    Message.mailing_id == mailing_id,
+                    Message.status.in_(_WAITING),
+                    Message.client_id.not_in(matching),
+                ),
+                MessageStatus.CANCELLED,
+                error="no longer matches the mailing",
             )
-            try:
-                await session.commit()
-                mailing = await session.get(Mailing, mailing_id, populate_existing=True)
-                if mailing is None or mailing.state == MailingState.SCHEDULED:
-                    return  # deleted, or not active yet: activation uses the new version
-                bind_entities(mailing_id=mailing_id)
-                now = _now()
-                if mailing.state == MailingState.FINISHED and now < mailing.stop_at:
-                    mailing.state = MailingState.RUNNING
-                match = audience_condition(mailing.filter_tags, mailing.filter_codes)
-                matching = select(Client.id).where(match)
-                cancelled = await transition_where(
-                    session,
-                    self.topics,
-                    and_(
-                        Message.mailing_id == mailing_id,
-                        Message.status.in_(_WAITING),
-                        Message.client_id.not_in(matching),
-                    ),
-                    MessageStatus.CANCELLED,
-                    error="no longer matches the mailing",
-                )
-                # Pending, retryable and newly matching clients: (re)plan from scratch.
-                zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
-                names, dues = due_by_zone(mailing, zones, now)
-                replanned = await self._replan(session, mailing, names, dues)
-                await session.commit()
-                created = await self._expand(session, mailing, now=now)
-                await session.commit()
-                log.info(
-                    "mailing_replanned",
-                    version=mailing.version,
-                    cancelled=cancelled,
-                    replanned=replanned,
-                    added=created,
-                )
-                self.wake()
-            finally:
-                await _unlock(await session.connection(), mailing_id)
-                await session.commit()
-                clear_context()
+            # Pending, retryable and newly matching clients: (re)plan from scratch.
+            zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
+            names, dues = due_by_zone(mailing, zones, now)
+            replanned = await self._replan(session, mailing, names, dues)
+            await session.commit()
+            created = await self._expand(session, mailing, now=now)
+            await session.commit()
+            log.info(
+                "mailing_replanned",
+                version=mailing.version,
+                cancelled=cancelled,
+                replanned=replanned,
+                added=created,
+            )
+            clear_context()
+        self._on_commit()
+        self.wake()
 
     async def _replan(
         self, session: AsyncSession, mailing: Mailing, names: list[str], dues: list[Any]
@@ -551,13 +545,3 @@ class Scheduler:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
-
-
-async def _try_lock(conn: AsyncConnection, mailing_id: int) -> bool:
-    key = mailing_id & 0x7FFFFFFF
-    return bool(await conn.scalar(select(func.pg_try_advisory_lock(_MAILING_LOCK, key))))
-
-
-async def _unlock(conn: AsyncConnection, mailing_id: int) -> None:
-    key = mailing_id & 0x7FFFFFFF
-    await conn.execute(select(func.pg_advisory_unlock(_MAILING_LOCK, key)))
