@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from services.scheduler.service import _MAILING_LOCK as MAILING_LOCK
 from tests.pipeline import Pipeline
 from tests.polling import eventually
 
@@ -244,7 +245,9 @@ async def test_edit_cancels_clients_that_no_longer_match(pipeline: Pipeline) -> 
     # Activation released its per-mailing lock (a leaked one would block the edit).
     held = pipeline.query(
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-        "WHERE l.locktype = 'advisory' AND d.datname = %s",
+        "WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = %s "
+        "AND d.datname = %s",
+        MAILING_LOCK,
         pipeline.name,
     )
     assert held == [(0,)]
