@@ -67,7 +67,9 @@ replay-dlq: venv
 # the sandbox with no faults, everything on this machine. Prints expansion time,
 # end-to-end throughput, due->gateway latency, peak RSS per process, and the sandbox's
 # own ceiling measured alone in the same run. DISPATCHERS=K for K dispatcher processes.
+# N=1000000 needs TIMEOUT=3600 or more at today's throughput.
 N ?= 100000
 DISPATCHERS ?= 1
+TIMEOUT ?= 600
 bench: venv
-	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench --clients $(N) --dispatchers $(DISPATCHERS)
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench --clients $(N) --dispatchers $(DISPATCHERS) --timeout $(TIMEOUT)

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # A message stuck in `sending` longer than this is recovered by the scheduler.
     sending_lease_s: PositiveFloat = 60.0
     # A message `queued` longer than this has its send command published again.
-    requeue_after_s: PositiveFloat = 300.0
+    requeue_after_s: PositiveFloat = 3600.0
     dispatcher_batch_size: PositiveInt = 500
     # Circuit breaker: open after this many transient failures in a row...
     breaker_failures: PositiveInt = 20

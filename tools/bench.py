@@ -12,12 +12,21 @@ for the tag through the API and measures, from just before that POST:
 * end to end: N / (last gateway arrival - t0), and the wall time until the bench saw it;
 * due -> gateway latency per message (due_at to its first accepted arrival);
 * duplicates at the gateway, requests against accepted;
-* peak RSS and CPU seconds of every process (PostgreSQL and Kafka too, when found);
+* peak RSS of every process (PostgreSQL's backends summed, and its PSS, which does not
+  count shared buffers once per backend; Kafka's JVM), sampled every 0.5 s from /proc;
+* CPU seconds per process from t0, CPU milliseconds per delivered message (steadier
+  than msg/s on a shared machine) and how busy the whole machine was: `other` is CPU
+  used by processes outside the pipeline, e.g. a test run on the same cores;
 * the sandbox's ceiling measured alone afterwards, and the share of it the pipeline used.
 
 A progress line every 5 s (accepted so far, messages by status, outbox backlog, CPU per
 process) shows where messages sit if the pipeline is slow. Everything it started is
-stopped and its database dropped (unless --keep), also on Ctrl-C or failure.
+stopped and its database dropped (unless --keep), also on Ctrl-C or failure; the logs
+(services' JSON log, stderr, sandbox) are kept when the run fails.
+
+Exit code: 0 when all N messages reached the gateway exactly once; 1 when it timed
+out, stalled or saw duplicates (the report says how far it got). At ~500 msg/s a
+mailing of 10**6 takes over half an hour: give `--timeout` accordingly.
 
 Needs DATABASE_URL and KAFKA_BOOTSTRAP (run it under `python -m tools.infra run`).
 """
@@ -67,6 +76,7 @@ SAMPLE_EVERY_S = 0.5
 # PostgreSQL's summed VmRSS counts shared buffers once per backend; its PSS (shared pages
 # split among their users) adds up. smaps_rollup is costlier to read: every 4th sample.
 PSS_EVERY = 4
+OTHER = "other"  # CPU of the machine outside the watched processes
 LABEL = 30  # width of the report's first column
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -139,6 +149,17 @@ def _pss_kb(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return 0
+
+
+def _machine_busy_ticks() -> int:
+    """CPU time of the whole machine (all cores) not idle, from /proc/stat."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            fields = [int(value) for value in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq + steal
 
 
 def _all_pids() -> list[int]:
@@ -227,6 +248,8 @@ class Sampler(threading.Thread):
         self.last_ticks: dict[str, int] = {}
         self.seen_ticks: dict[str, int] = {}  # highest tree total seen (trees may shrink)
         self.samples = 0
+        self.machine_first: tuple[float, int] | None = None  # (monotonic, busy ticks)
+        self.machine_last: tuple[float, int] | None = None
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
 
@@ -253,6 +276,7 @@ class Sampler(threading.Thread):
             roots = dict(self.roots)
         if not roots:
             return
+        machine = (time.monotonic(), _machine_busy_ticks())
         infos = {pid: info for pid in _all_pids() if (info := _read_proc(pid)) is not None}
         children: dict[int, list[int]] = {}
         for pid, info in infos.items():
@@ -273,18 +297,47 @@ class Sampler(threading.Thread):
                 # a backend that exits before the postmaster reaps it drops out of the sum
                 self.seen_ticks[name] = max(self.seen_ticks.get(name, 0), ticks)
                 self.last_ticks[name] = self.seen_ticks[name]
+            if self.machine_first is None:
+                self.machine_first = machine
+            self.machine_last = machine
             self.samples += 1
 
-    def cpu_ticks(self) -> dict[str, int]:
+    def mark(self) -> None:
+        """Count CPU from the latest sample on (peaks keep counting from the start)."""
         with self._lock:
-            return dict(self.last_ticks)
+            self.first_ticks = dict(self.last_ticks)
+            self.machine_first = self.machine_last
+
+    def cpu_ticks(self) -> dict[str, int]:
+        """Cumulative ticks per watched tree, and `other`: the rest of the machine (other
+        processes, e.g. someone's test run on the same cores)."""
+        with self._lock:
+            ticks = dict(self.last_ticks)
+            if self.machine_last is not None:
+                ticks[OTHER] = self.machine_last[1] - sum(ticks.values())
+            return ticks
 
     def cpu_seconds(self) -> dict[str, float]:
         with self._lock:
-            return {
+            seconds = {
                 name: (self.last_ticks[name] - self.first_ticks[name]) / _CLK_TCK
                 for name in self.last_ticks
             }
+            if self.machine_first is not None and self.machine_last is not None:
+                machine = (self.machine_last[1] - self.machine_first[1]) / _CLK_TCK
+                seconds[OTHER] = max(0.0, machine - sum(seconds.values()))
+            return seconds
+
+    def machine_load(self) -> tuple[float, float] | None:
+        """(average busy cores, wall seconds) between the first and the last sample."""
+        with self._lock:
+            if self.machine_first is None or self.machine_last is None:
+                return None
+            wall = self.machine_last[0] - self.machine_first[0]
+            if wall <= 0:
+                return None
+            busy = (self.machine_last[1] - self.machine_first[1]) / _CLK_TCK
+            return busy / wall, wall
 
     def peaks_mb(self) -> dict[str, float]:
         with self._lock:
@@ -329,6 +382,7 @@ class Results:
     messages_created: int | None = None
     expansion_s: float | None = None
     expansion_scheduler_s: float | None = None
+    expansion_activated_s: float | None = None  # mailing.activated_at - t0
     completed: bool = False
     unique_accepted: int = 0
     requests: int = 0
@@ -348,6 +402,8 @@ class Results:
     peak_rss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     peak_pss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    busy_cores: float | None = None  # the machine's average, all processes
+    cores: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     ceiling: dict[str, Any] | None = None
     ceiling_share: float | None = None
     progress: list[Progress] = dataclasses.field(default_factory=list)
@@ -377,8 +433,12 @@ def render(results: Results) -> str:
     dispatchers = f"{r.dispatchers} dispatcher" + ("s" if r.dispatchers != 1 else "")
     lines.append(_row("clients", f"{r.clients}   ({dispatchers}, LOG_LEVEL {r.log_level})"))
     lines.append(_row("client load (not a target)", _seconds(r.load_s, 1)))
-    scheduler = _seconds(r.expansion_scheduler_s)
-    lines.append(_row("audience expansion", f"{_seconds(r.expansion_s)} (scheduler: {scheduler})"))
+    expansion = f"{_seconds(r.expansion_s)} (scheduler: {_seconds(r.expansion_scheduler_s)}"
+    if r.expansion_activated_s is not None:
+        expansion += f"; activated_at: t0 + {r.expansion_activated_s:.2f} s"
+    if r.messages_created is not None and r.messages_created != r.clients:
+        expansion += f"; {r.messages_created} messages"
+    lines.append(_row("audience expansion", expansion + ")"))
     if r.end_to_end_s is not None and r.throughput_per_s is not None:
         wall = _seconds(r.wall_s, 1)
         end_to_end = f"{r.end_to_end_s:.1f} s  -> {r.throughput_per_s:.0f} msg/s  (wall {wall})"
@@ -409,7 +469,25 @@ def render(results: Results) -> str:
     lines.append(_row("peak RSS (MB)", _per_process(r.peak_rss_mb)))
     if r.peak_pss_mb:
         lines.append(_row("peak PSS (MB, shared split)", _per_process(r.peak_pss_mb)))
-    lines.append(_row("CPU seconds (whole run)", _per_process(r.cpu_s, 1)))
+    lines.append(_row("CPU seconds (from t0)", _per_process(r.cpu_s, 1)))
+    pipeline_cpu = {k: v for k, v in r.cpu_s.items() if k not in ("bench", OTHER)}
+    if pipeline_cpu and r.unique_accepted:
+        # robust against a busy machine, unlike msg/s: what each message costs in CPU
+        per_message = {k: 1000 * v / r.unique_accepted for k, v in pipeline_cpu.items()}
+        total = sum(per_message.values())
+        lines.append(
+            _row("CPU ms per message", f"{total:.2f} in all:  {_per_process(per_message, 2)}")
+        )
+    if r.busy_cores is not None:
+        other = r.cpu_s.get(OTHER, 0.0)
+        outside = other / max(sum(r.cpu_s.values()), 1e-9)
+        lines.append(
+            _row(
+                "machine CPU busy",
+                f"{r.busy_cores:.2f} of {r.cores} cores on average "
+                f"({outside:.0%} of it outside the pipeline: '{OTHER}')",
+            )
+        )
     if r.ceiling is not None:
         share = f"{r.ceiling_share:.1%}" if r.ceiling_share is not None else "n/a"
         lines.append(
@@ -574,6 +652,8 @@ class Bench:
         r.peak_rss_mb = self.sampler.peaks_mb()
         r.peak_pss_mb = self.sampler.pss_peaks_mb()
         r.cpu_s = self.sampler.cpu_seconds()
+        load = self.sampler.machine_load()
+        r.busy_cores = load[0] if load else None
 
         # the ceiling alone: nothing of the pipeline may compete for the two cores
         self.stop_services()
@@ -609,6 +689,7 @@ class Bench:
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=30,
         ) as api:
+            self.sampler.mark()  # CPU figures cover the mailing, not the client load
             t0 = time.time()
             response = await api.post("/api/v1/notifications/", json=body)
         if response.status_code != 201:
@@ -621,7 +702,7 @@ class Bench:
         expansion = asyncio.create_task(self.watch_expansion(mailing_id, t0, deadline))
         progress = asyncio.create_task(self.report_progress(mailing_id, control, t0))
         try:
-            summary = await self.wait_complete(control, mailing_id, t0, deadline)
+            summary = await self.wait_complete(control, t0, deadline)
         finally:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -642,27 +723,45 @@ class Bench:
         await self.ledger_figures(control, mailing_id, t0)
 
     async def watch_expansion(self, mailing_id: int, t0: float, deadline: float) -> None:
+        """Poll every 0.2 s until all N messages exist.
+
+        `count(*)` over the mailing's messages is a parallel seq scan (~85 ms at 10**6
+        rows): run back to back it would eat most of a core the pipeline needs, so it runs
+        at most every 0.2 s and ~5% of the wall time at most. The cheap probe in
+        between is the mailing's `activated_at`, set right after the last batch commits;
+        a final count confirms it.
+        """
         r = self.results
+        count_sql = "SELECT count(*) FROM message WHERE mailing_id = %s"
+        activated_sql = "SELECT extract(epoch FROM activated_at)::float8 FROM mailing WHERE id = %s"
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+
+            async def scalar(sql: str) -> Any:
+                row = await (await conn.execute(sql, (mailing_id,))).fetchone()
+                return row[0] if row else None
+
+            next_count = 0.0
             while time.time() < deadline:
-                row = await (
-                    await conn.execute(
-                        "SELECT count(*) FROM message WHERE mailing_id = %s", (mailing_id,)
-                    )
-                ).fetchone()
-                count = int(row[0]) if row else 0
-                r.messages_created = count
-                if count >= self.clients:
-                    r.expansion_s = time.time() - t0
-                    say(f"bench: all {count} messages exist after {r.expansion_s:.2f} s")
-                    return
+                activated = await scalar(activated_sql)
+                if activated is not None or time.monotonic() >= next_count:
+                    started = time.monotonic()
+                    count = int(await scalar(count_sql) or 0)
+                    spent = time.monotonic() - started
+                    next_count = time.monotonic() + max(0.0, 20 * spent - 0.2)
+                    r.messages_created = count
+                    if count >= self.clients or activated is not None:
+                        r.expansion_s = time.time() - t0
+                        if activated is not None:
+                            r.expansion_activated_s = float(activated) - t0
+                        say(f"bench: {count} messages exist after {r.expansion_s:.2f} s")
+                        return
                 await asyncio.sleep(0.2)
 
     async def wait_complete(
-        self, control: SandboxControl, mailing_id: int, t0: float, deadline: float
+        self, control: SandboxControl, t0: float, deadline: float
     ) -> LedgerSummary:
         r = self.results
-        last_settled_check = 0.0
+        last_settled_check = -1.0
         while True:
             summary = await control.summary()
             r.unique_accepted = summary["unique_accepted"]
@@ -679,9 +778,11 @@ class Bench:
                 say(f"bench: {r.failure}")
                 return summary
             # every message final but some never reached the gateway: waiting is useless
-            if r.expansion_s is not None and now - last_settled_check > PROGRESS_EVERY_S:
-                last_settled_check = now
-                statuses = await self.statuses(mailing_id)
+            # (judged on the progress line's counts: no extra scan of the message table)
+            latest = r.progress[-1] if r.progress else None
+            if r.expansion_s is not None and latest and latest.elapsed_s > last_settled_check:
+                last_settled_check = latest.elapsed_s
+                statuses = latest.statuses
                 if statuses and not set(PENDING) & set(statuses):
                     summary = await control.summary()
                     if summary["unique_accepted"] < self.clients:
@@ -723,7 +824,7 @@ class Bench:
             ticks = self.sampler.cpu_ticks()
             span = max(now - last_at, 1e-6)
             cpu = {
-                name: 100.0 * (value - last_ticks.get(name, value)) / _CLK_TCK / span
+                name: max(0.0, 100.0 * (value - last_ticks.get(name, value)) / _CLK_TCK / span)
                 for name, value in ticks.items()
             }
             accepted = summary["unique_accepted"]
@@ -829,6 +930,8 @@ class Bench:
             self.results.peak_rss_mb = self.sampler.peaks_mb()
             self.results.peak_pss_mb = self.sampler.pss_peaks_mb()
             self.results.cpu_s = self.sampler.cpu_seconds()
+            load = self.sampler.machine_load()
+            self.results.busy_cores = load[0] if load else None
         with contextlib.suppress(Exception):
             self.stop_services()
         for handle in self.stderr_files:
