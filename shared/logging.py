@@ -12,12 +12,13 @@ import logging
 import logging.handlers
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
+    from pathlib import Path
 
     from structlog.typing import Processor
 
@@ -103,15 +104,22 @@ def configure_logging(settings: Settings, service: str) -> None:
         )
 
     handlers: list[logging.Handler] = []
-    stdout_handler = logging.StreamHandler(sys.stdout)
-    stdout_handler.setFormatter(formatter(stdout_renderer))
-    handlers.append(stdout_handler)
     if settings.log_file is not None:
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
-        # WatchedFileHandler: several processes append to one file; logrotate-friendly.
-        file_handler = logging.handlers.WatchedFileHandler(settings.log_file)
-        file_handler.setFormatter(formatter(json_renderer))
-        handlers.append(file_handler)
+    if settings.log_file is not None and not use_console:
+        # The same JSON line for both: render it once (it is on every hot path).
+        tee = _JsonTeeHandler(settings.log_file, sys.stdout)
+        tee.setFormatter(formatter(json_renderer))
+        handlers.append(tee)
+    else:
+        stdout_handler = logging.StreamHandler(sys.stdout)
+        stdout_handler.setFormatter(formatter(stdout_renderer))
+        handlers.append(stdout_handler)
+        if settings.log_file is not None:
+            # WatchedFileHandler: several processes append to one file; rotation-safe.
+            file_handler = logging.handlers.WatchedFileHandler(settings.log_file)
+            file_handler.setFormatter(formatter(json_renderer))
+            handlers.append(file_handler)
 
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -129,6 +137,27 @@ def configure_logging(settings: Settings, service: str) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     for name, level in _NOISY.items():
         logging.getLogger(name).setLevel(max(level, logging.getLevelName(settings.log_level)))
+
+
+class _JsonTeeHandler(logging.handlers.WatchedFileHandler):
+    """Append each formatted line to the log file and write it to stdout as well."""
+
+    def __init__(self, path: Path, stdout: TextIO) -> None:
+        super().__init__(path)
+        self.stdout = stdout
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            self.stdout.write(line)
+            self.stdout.flush()
+            self.reopenIfNeeded()
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(line)
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
