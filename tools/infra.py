@@ -912,11 +912,12 @@ class KafkaServer:
         (self.workdir / "log4j2.xml").write_text(_LOG4J2_TEMPLATE.format(path=kafka_log))
         with kafka_log.open("a") as fh:
             fh.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} start\n")
-        for attempt in range(3):
+
+        def build() -> _Process:
             (self.workdir / "server.properties").write_text(self._properties())
             if not (data / "meta.properties").exists():
                 self._format(java, libs)
-            self._process = _Process(
+            return _Process(
                 "kafka",
                 self._jvm_argv(
                     java,
@@ -930,35 +931,20 @@ class KafkaServer:
                 cwd=self.workdir,
                 on_exit=self._finish_archive,
             )
-            self._process.launch()
-            started = time.monotonic()
-            try:
-                _wait_until(
-                    "Kafka",
-                    lambda: kafka_ready(self.bootstrap),
-                    self._process,
-                    started + timeout,
-                    self._cancel,
-                )
-            except InfraError as exc:
-                code = self._process.poll()
-                self._halt(10.0)
-                if (
-                    code is not None
-                    and attempt < 2
-                    and self._auto_ports
-                    and self._auto_controller_port
-                    and _port_in_use_in(kafka_log, stdout_log)
-                ):
-                    log.info("Kafka port taken meanwhile; retrying on other free ports")
-                    self.port, self.controller_port = free_port(), free_port()
-                    continue
-                raise InfraError(
-                    f"Apache Kafka {jar_version} did not start at {self.bootstrap}: {exc}\n"
-                    f"--- {kafka_log} (tail)\n{_tail(kafka_log)}\n"
-                    f"--- {stdout_log} (tail)\n{_tail(stdout_log, 15)}"
-                ) from None
-            break
+
+        def move() -> None:
+            log.info("Kafka port taken meanwhile; retrying on other free ports")
+            self.port, self.controller_port = free_port(), free_port()
+
+        elapsed = self._launch_until_ready(
+            "Kafka",
+            f"Apache Kafka {jar_version}",
+            build,
+            timeout,
+            logs=((kafka_log, 40), (stdout_log, 15)),
+            movable=self._auto_ports and self._auto_controller_port,
+            move=move,
+        )
         this_run = _tail(kafka_log, 400).rsplit("===== ", 1)[-1]
         logged = re.findall(r"Kafka version: (\S+)", this_run)
         self.started_version = logged[-1] if logged else jar_version
@@ -968,7 +954,7 @@ class KafkaServer:
             "Apache Kafka %s ready at %s (%.1fs)",
             self.started_version,
             self.bootstrap,
-            time.monotonic() - started,
+            elapsed,
         )
 
     def _format(self, java: tuple[str, int, str, str], libs: Path) -> None:
@@ -1019,9 +1005,11 @@ class KafkaServer:
             reason,
             "=" * 78,
         )
-        for attempt in range(3):
+        tansu_log = self.workdir / "tansu.log"
+
+        def build() -> _Process:
             url = f"tcp://{LOCALHOST}:{self.port}"
-            self._process = _Process(
+            return _Process(
                 "tansu",
                 [
                     binary,
@@ -1035,14 +1023,45 @@ class KafkaServer:
                     "--cluster-id",
                     "notifications",
                 ],
-                log_path=self.workdir / "tansu.log",
+                log_path=tansu_log,
                 cwd=self.workdir,
             )
+
+        def move() -> None:
+            self.port = free_port()
+
+        elapsed = self._launch_until_ready(
+            "Tansu",
+            "embedded broker (Tansu)",
+            build,
+            timeout,
+            logs=((tansu_log, 40),),
+            movable=self._auto_ports,
+            move=move,
+        )
+        log.debug("Tansu %s ready at %s (%.1fs)", self.started_version, self.bootstrap, elapsed)
+
+    def _launch_until_ready(
+        self,
+        label: str,
+        what: str,
+        build: Callable[[], _Process],
+        timeout: float,
+        *,
+        logs: tuple[tuple[Path, int], ...],
+        movable: bool,
+        move: Callable[[], None],
+    ) -> float:
+        """Launch the broker and wait until it answers; when an auto-chosen port was
+        taken meanwhile (seen in its logs), move to other free ports and try again (three
+        tries). Returns the seconds it took; raises InfraError with the logs' tails."""
+        for attempt in range(3):
+            self._process = build()
             self._process.launch()
             started = time.monotonic()
             try:
                 _wait_until(
-                    "Tansu",
+                    label,
                     lambda: kafka_ready(self.bootstrap),
                     self._process,
                     started + timeout,
@@ -1051,25 +1070,18 @@ class KafkaServer:
             except InfraError as exc:
                 code = self._process.poll()
                 self._halt(10.0)
-                if (
-                    code is not None
-                    and attempt < 2
-                    and self._auto_ports
-                    and _port_in_use_in(self.workdir / "tansu.log")
-                ):
-                    self.port = free_port()
+                paths = [path for path, _ in logs]
+                if code is not None and attempt < 2 and movable and _port_in_use_in(*paths):
+                    move()
                     continue
+                tails = "".join(
+                    f"\n--- {path} (tail)\n{_tail(path, lines)}" for path, lines in logs
+                )
                 raise InfraError(
-                    f"embedded broker (Tansu) did not start at {self.bootstrap}: {exc}\n"
-                    f"--- {self.workdir / 'tansu.log'} (tail)\n{_tail(self.workdir / 'tansu.log')}"
+                    f"{what} did not start at {self.bootstrap}: {exc}{tails}"
                 ) from None
-            log.debug(
-                "Tansu %s ready at %s (%.1fs)",
-                self.started_version,
-                self.bootstrap,
-                time.monotonic() - started,
-            )
-            return
+            return time.monotonic() - started
+        raise AssertionError("unreachable")
 
 
 def _tansu_binary() -> str:
