@@ -158,5 +158,26 @@ class MessageStatusChanged(Envelope[StatusData]):
         return str(self.payload.mailing_id)
 
 
+class MessagesCreatedData(Payload):
+    mailing_id: int
+    # Rows inserted by one audience-expansion step, by initial status
+    # (`scheduled`, or `expired` when no allowed time is left before stop).
+    counts: dict[str, int]
+
+
+class MessagesCreated(Envelope[MessagesCreatedData]):
+    """Messages created in bulk: one event per expansion step, not one per message
+    (a million-client audience would otherwise mean a million events)."""
+
+    type: Literal["messages.created"] = "messages.created"
+
+    def key(self) -> str:
+        return str(self.payload.mailing_id)
+
+
+# What `message.status` carries: every status change, and bulk creations.
+StatusEvent = Annotated[MessageStatusChanged | MessagesCreated, Field(discriminator="type")]
+
 mailing_event_adapter: TypeAdapter[MailingEvent] = TypeAdapter(MailingEvent)
 client_event_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+status_event_adapter: TypeAdapter[StatusEvent] = TypeAdapter(StatusEvent)

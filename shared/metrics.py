@@ -144,3 +144,14 @@ BREAKER_OPENINGS = Counter(
     f"{PREFIX}_dispatcher_breaker_openings_total",
     "Times the gateway circuit breaker opened.",
 )
+REPORTER_STATUS_MESSAGES = Gauge(
+    f"{PREFIX}_reporter_status_messages",
+    "Messages currently in each status, all mailings (from the reporter's counters).",
+    ["status"],
+)
+# The one id label: bounded by the number of mailings active in the last 24 hours.
+MAILING_STATUS_MESSAGES = Gauge(
+    f"{PREFIX}_mailing_status_messages",
+    "Messages in each status per mailing, for mailings active in the last 24 hours.",
+    ["mailing_id", "status"],
+)

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     breaker_open_s: PositiveFloat = 5.0
     breaker_open_max_s: PositiveFloat = 60.0
 
+    # --- reporter -------------------------------------------------------------------
+    reporter_batch_size: PositiveInt = 1000
+    # How long the reporter remembers applied status events (its de-duplication window;
+    # keep it at least the topic's retention).
+    processed_event_retention_h: PositiveFloat = 168.0
+
     # --- logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "auto"

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tests.conftest import Infra
 
 TOKEN = "e2e-token"
-SERVICES = ("api", "scheduler", "dispatcher")
+SERVICES = ("api", "scheduler", "dispatcher", "reporter")
 TEMPLATE = "notifications_template"
 
 
@@ -154,6 +154,29 @@ class Pipeline:
         with psycopg.connect(libpq(self.database_url)) as conn:
             return conn.execute(sql, params).fetchall()
 
+    def fail_sent(self, mailing_id: int, client_id: int | None = None) -> list[int]:
+        """Turn the mailing's sent messages (one client's, if given) into `failed`, as a
+        permanent gateway error would have left them, adjusting the reporter's counters
+        the same way (this shortcut emits no status event). Returns the message ids."""
+        with psycopg.connect(libpq(self.database_url)) as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "UPDATE message SET status = 'failed', sent_at = NULL, "
+                    "last_error = 'rejected (400)' WHERE mailing_id = %s AND status = 'sent' "
+                    "AND (%s::bigint IS NULL OR client_id = %s) RETURNING id",
+                    (mailing_id, client_id, client_id),
+                ).fetchall()
+            ]
+            for status, delta in (("sent", -len(ids)), ("failed", len(ids))):
+                conn.execute(
+                    "INSERT INTO mailing_status_count (mailing_id, status, count) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (mailing_id, status) "
+                    "DO UPDATE SET count = mailing_status_count.count + EXCLUDED.count",
+                    (mailing_id, status, delta),
+                )
+        return ids
+
     async def statuses(self, mailing_id: int) -> dict[str, int]:
         rows = await asyncio.to_thread(
             self.query,
@@ -162,15 +185,37 @@ class Pipeline:
         )
         return {status: count for status, count in rows}
 
+    async def counters(self, mailing_id: int) -> dict[str, int]:
+        """The reporter's counters for the mailing (zero counts left out)."""
+        rows = await asyncio.to_thread(
+            self.query,
+            "SELECT status, count FROM mailing_status_count WHERE mailing_id = %s",
+            mailing_id,
+        )
+        return {status: count for status, count in rows if count}
+
     async def settled(self, mailing_id: int, timeout: float = 60) -> dict[str, int]:
-        """Wait until no message of the mailing is pending; return counts by status."""
+        """Wait until no message of the mailing is pending and the reporter's counters
+        have caught up with the rows; return counts by status."""
         pending = {"scheduled", "queued", "sending", "retrying"}
-        return await eventually(
+        counts = await eventually(
             lambda: self.statuses(mailing_id),
             lambda counts: bool(counts) and not pending & set(counts),
             timeout=timeout,
             interval=0.3,
             what=f"mailing {mailing_id} settled",
+        )
+        await self.reconciled(mailing_id, counts)
+        return counts
+
+    async def reconciled(self, mailing_id: int, expected: dict[str, int]) -> None:
+        """The counters equal `expected` (a fresh GROUP BY), within the reporter's lag."""
+        await eventually(
+            lambda: self.counters(mailing_id),
+            lambda counters: counters == expected,
+            timeout=30,
+            interval=0.3,
+            what=f"mailing {mailing_id} counters == {expected}",
         )
 
     async def clients(self, count: int, **body: Any) -> list[dict[str, Any]]:

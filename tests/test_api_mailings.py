@@ -188,7 +188,8 @@ async def _scalar(api: ApiClient, sql: str) -> Any:
 async def _insert_messages(
     api: ApiClient, mailing_id: int, client_id: int, statuses: list[str]
 ) -> None:
-    """Messages as the pipeline would leave them (one client per message, unique pairs)."""
+    """Messages as the pipeline would leave them (one client per message, unique pairs),
+    with the reporter's counters for them."""
     engine = create_engine(api.settings, application_name="tests")
     try:
         async with engine.begin() as conn:
@@ -213,6 +214,15 @@ async def _insert_messages(
                         "s": status,
                         "sent_at": SENT_AT if status == "sent" else None,
                     },
+                )
+                # What the reporter keeps for them (the API reads these counters).
+                await conn.execute(
+                    text(
+                        "INSERT INTO mailing_status_count (mailing_id, status, count) "
+                        "VALUES (:m, :s, 1) ON CONFLICT (mailing_id, status) "
+                        "DO UPDATE SET count = mailing_status_count.count + 1"
+                    ),
+                    {"m": mailing_id, "s": status},
                 )
     finally:
         await engine.dispose()

@@ -185,12 +185,7 @@ async def test_edit_keeps_sent_messages_adds_new_clients_and_retries_failures(
     assert await pipeline.settled(mailing["id"]) == {"sent": 3}
     # One of them failed for good in the first round (as a gateway 4xx would leave it).
     failed_client = early[0]["id"]
-    pipeline.query(
-        "UPDATE message SET status = 'failed', sent_at = NULL "
-        "WHERE mailing_id = %s AND client_id = %s RETURNING id",
-        mailing["id"],
-        failed_client,
-    )
+    assert len(pipeline.fail_sent(mailing["id"], failed_client)) == 1
     newcomers = await pipeline.clients(2, tag=[extra])
     edited = await pipeline.api.put(
         f"/api/v1/notifications/{mailing['id']}/",
@@ -328,11 +323,7 @@ async def test_dead_letters_can_be_replayed(pipeline: Pipeline) -> None:
     )
     assert await pipeline.settled(mailing["id"]) == {"sent": 1}
     # As a permanent gateway error leaves it: failed, and its command in the DLQ.
-    [(message_id,)] = pipeline.query(
-        "UPDATE message SET status = 'failed', sent_at = NULL, last_error = 'rejected (400)' "
-        "WHERE mailing_id = %s RETURNING id",
-        mailing["id"],
-    )
+    [message_id] = pipeline.fail_sent(mailing["id"])
     await pipeline.control.reset()
     producer = AIOKafkaProducer(bootstrap_servers=pipeline.infra.kafka_bootstrap)
     await producer.start()

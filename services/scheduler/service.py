@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, insert
 
 from services.scheduler.planning import due_by_zone
 from shared.audience import audience_condition
-from shared.events import SendData, SendMessage
+from shared.events import MessagesCreated, MessagesCreatedData, SendData, SendMessage
 from shared.logging import bind_entities, clear_context, get_logger
 from shared.metrics import MESSAGES_FIRED, SCHEDULER_BACKLOG
 from shared.models import (
@@ -51,6 +51,7 @@ from shared.models import (
     Message,
     MessageStatus,
 )
+from shared.outbox import add_events
 from shared.statuses import stage_status_events, transition_where
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ class Scheduler:
         created = 0
         step = self.settings.expansion_batch_size
         for first in range(low, high + 1, step):
-            result = await session.execute(
+            inserted = (
                 insert(Message)
                 .from_select(
                     [
@@ -215,9 +216,29 @@ class Scheduler:
                     .where(condition, Client.id >= first, Client.id < first + step),
                 )
                 .on_conflict_do_nothing(index_elements=["mailing_id", "client_id"])
+                .returning(Message.status)
+                .cte("inserted")
             )
+            counts = {
+                status: count
+                for status, count in await session.execute(
+                    select(inserted.c.status, func.count()).group_by(inserted.c.status)
+                )
+            }
+            if counts:
+                # The reporter's counters learn of bulk-created rows from this one event,
+                # committed with the rows.
+                await add_events(
+                    session,
+                    self.topics.message_status,
+                    [
+                        MessagesCreated(
+                            payload=MessagesCreatedData(mailing_id=mailing.id, counts=counts)
+                        )
+                    ],
+                )
             await session.commit()
-            created += result.rowcount or 0  # type: ignore[attr-defined]
+            created += sum(counts.values())
         return created
 
     # --- firing due messages -----------------------------------------------------------
@@ -505,17 +526,26 @@ class Scheduler:
                 )
             ).all()
             now = _now()
+            expired = []
             for message_id, mailing, zone_name in rows:
                 _, [due] = due_by_zone(mailing, [zone_name], now)
-                await session.execute(
+                changed = await session.execute(
                     update(Message)
                     .where(Message.id == message_id, Message.status == MessageStatus.SCHEDULED)
                     .values(
                         due_at=due,
                         status=MessageStatus.SCHEDULED if due else MessageStatus.EXPIRED,
+                        last_error=None if due else NO_TIME,
                         updated_at=func.now(),
                     )
+                    .returning(Message.attempts)
                 )
+                attempts = changed.scalar_one_or_none()
+                if due is None and attempts is not None:
+                    expired.append(
+                        (message_id, mailing.id, client_id, attempts, MessageStatus.SCHEDULED.value)
+                    )
+            await stage_status_events(session, self.topics, expired, MessageStatus.EXPIRED, NO_TIME)
 
     # --- the loop ----------------------------------------------------------------------
 

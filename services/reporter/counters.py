@@ -1,0 +1,185 @@
+"""Per-mailing message counts by status, kept from the `message.status` stream.
+
+Every status change arrives as an event naming the new and the previous status, and
+bulk creations as one event with counts: a count is the sum of +1/-1 deltas, which
+commute, so the order events arrive in does not matter. A batch of events is applied in
+one transaction together with their ids in `processed_event`; an event whose id is
+already there (a Kafka redelivery, the outbox republishing after a crash, a duplicate)
+changes nothing. At rest the counters therefore equal a fresh
+`COUNT(*) ... GROUP BY mailing_id, status` over the messages.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from shared.events import MessagesCreated, MessageStatusChanged, StatusEvent
+from shared.logging import get_logger
+from shared.metrics import MAILING_STATUS_MESSAGES, REPORTER_STATUS_MESSAGES
+from shared.models import Mailing, MailingStatusCount, MessageStatus, ProcessedEvent
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+log = get_logger(__name__)
+
+CONSUMER = "reporter"
+
+_MARK_PROCESSED = text(
+    """
+    INSERT INTO processed_event (consumer, event_id)
+    SELECT :consumer, id FROM unnest(CAST(:ids AS uuid[])) AS t(id)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+    """
+)
+# Deltas for mailings that still exist (a deleted mailing's late events are dropped);
+# rows in key order so two reporters never deadlock on them.
+_ADD_DELTAS = text(
+    """
+    INSERT INTO mailing_status_count (mailing_id, status, count)
+    SELECT d.mailing_id, d.status, d.delta
+    FROM unnest(CAST(:mailings AS bigint[]), CAST(:statuses AS text[]),
+                CAST(:deltas AS bigint[])) AS d(mailing_id, status, delta)
+    JOIN mailing ON mailing.id = d.mailing_id
+    ORDER BY d.mailing_id, d.status
+    ON CONFLICT (mailing_id, status)
+    DO UPDATE SET count = mailing_status_count.count + EXCLUDED.count
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    applied: list[StatusEvent]
+    duplicates: int
+
+
+def deltas_of(events: Sequence[StatusEvent]) -> Counter[tuple[int, str]]:
+    """The net change of each (mailing, status) count that `events` make."""
+    deltas: Counter[tuple[int, str]] = Counter()
+    for event in events:
+        if isinstance(event, MessagesCreated):
+            for status, count in event.payload.counts.items():
+                deltas[(event.payload.mailing_id, status)] += count
+        else:
+            data = event.payload
+            deltas[(data.mailing_id, data.status)] += 1
+            if data.previous_status is not None:
+                deltas[(data.mailing_id, data.previous_status)] -= 1
+    return deltas
+
+
+class Counters:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def apply(self, events: Sequence[StatusEvent]) -> Applied:
+        """Apply each event not applied before, exactly once, in one transaction."""
+        unique: dict[uuid.UUID, StatusEvent] = {}
+        for event in events:
+            unique.setdefault(event.event_id, event)
+        if not unique:
+            return Applied([], len(events))
+        for attempt in range(3):
+            try:
+                return await self._apply(unique, len(events))
+            except IntegrityError:
+                # A mailing was deleted between the join and the foreign-key check:
+                # the next attempt's join leaves it out.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply(self, unique: dict[uuid.UUID, StatusEvent], received: int) -> Applied:
+        async with self.sessions() as session, session.begin():
+            fresh = set(
+                await session.scalars(
+                    _MARK_PROCESSED, {"consumer": CONSUMER, "ids": sorted(unique, key=str)}
+                )
+            )
+            applied = [event for event_id, event in unique.items() if event_id in fresh]
+            changes = sorted((key, n) for key, n in deltas_of(applied).items() if n)
+            if changes:
+                await session.execute(
+                    _ADD_DELTAS,
+                    {
+                        "mailings": [mailing for (mailing, _), _ in changes],
+                        "statuses": [status for (_, status), _ in changes],
+                        "deltas": [n for _, n in changes],
+                    },
+                )
+        return Applied(applied, received - len(applied))
+
+    async def prune(self, older_than: timedelta) -> int:
+        """Forget applied event ids past the de-duplication window."""
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                delete(ProcessedEvent).where(
+                    ProcessedEvent.consumer == CONSUMER,
+                    ProcessedEvent.processed_at < func.now() - older_than,
+                )
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def refresh_gauges(self, now: datetime) -> None:
+        """Export the counters: totals by status, and per mailing for recent mailings."""
+        async with self.sessions() as session:
+            totals = dict(
+                (
+                    await session.execute(
+                        select(
+                            MailingStatusCount.status, func.sum(MailingStatusCount.count)
+                        ).group_by(MailingStatusCount.status)
+                    )
+                ).all()
+            )
+            recent = (
+                await session.execute(
+                    select(
+                        MailingStatusCount.mailing_id,
+                        MailingStatusCount.status,
+                        MailingStatusCount.count,
+                    )
+                    .join(Mailing, Mailing.id == MailingStatusCount.mailing_id)
+                    .where(Mailing.start_at <= now, Mailing.stop_at > now - timedelta(hours=24))
+                )
+            ).all()
+        for status in MessageStatus:
+            REPORTER_STATUS_MESSAGES.labels(status.value).set(int(totals.get(status.value, 0)))
+        MAILING_STATUS_MESSAGES.clear()
+        for mailing_id, name, count in recent:
+            MAILING_STATUS_MESSAGES.labels(str(mailing_id), name).set(count)
+
+
+def log_applied(events: Sequence[StatusEvent]) -> None:
+    """One line per applied event, carrying the ids: the status part of a message's story."""
+    for event in events:
+        if isinstance(event, MessageStatusChanged):
+            data = event.payload
+            log.info(
+                "message_status_changed",
+                mailing_id=data.mailing_id,
+                message_id=data.message_id,
+                client_id=data.client_id,
+                status=data.status,
+                previous_status=data.previous_status,
+                attempt=data.attempt,
+                error=data.error,
+            )
+        else:
+            log.info(
+                "messages_created",
+                mailing_id=event.payload.mailing_id,
+                counts=event.payload.counts,
+            )
