@@ -16,7 +16,7 @@ import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Text, cast, delete, func, insert, select, update
 
 from shared.logging import get_logger
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+_JSON = {"content-type": "application/json"}
 # Any fixed 64-bit number: the advisory lock that makes one relay publish at a time.
 _RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
 
@@ -85,7 +86,9 @@ class OutboxRelay:
                 return 0
             rows = (
                 await session.execute(
-                    select(Outbox.id, Outbox.topic, Outbox.key, Outbox.payload)
+                    # The payload as PostgreSQL's JSON text: published as it is, with no
+                    # decode and re-encode in Python.
+                    select(Outbox.id, Outbox.topic, Outbox.key, cast(Outbox.payload, Text))
                     .where(Outbox.published_at.is_(None), Outbox.topic.in_(self.topics))
                     .order_by(Outbox.id)
                     .limit(self.batch_size)
@@ -97,9 +100,13 @@ class OutboxRelay:
             # Enqueue in id order (keeps per-key order), then wait for every ack.
             pending = [
                 await self.broker.publish(
-                    row.payload, row.topic, key=row.key.encode(), no_confirm=True
+                    payload.encode(),
+                    topic,
+                    key=key.encode(),
+                    headers=_JSON,
+                    no_confirm=True,
                 )
-                for row in rows
+                for _, topic, key, payload in rows
             ]
             await asyncio.gather(*pending)
             await session.execute(

@@ -4,9 +4,9 @@
         [--dispatchers 1] [--log-level INFO] [--json PATH] [--keep]
 
 Creates a database of its own (migrated), a Kafka topic prefix of its own and a
-zero-fault gateway sandbox (compact ledger); starts api, scheduler and dispatcher(s) as
-processes; loads N clients tagged `bench` straight into PostgreSQL; creates one mailing
-for the tag through the API and measures, from just before that POST:
+zero-fault gateway sandbox (compact ledger); starts api, scheduler, reporter and
+dispatcher(s) as processes; loads N clients tagged `bench` straight into PostgreSQL;
+creates one mailing for the tag through the API and measures, from just before that POST:
 
 * audience expansion: until all N messages exist (and the scheduler's own figure);
 * end to end: N / (last gateway arrival - t0), and the wall time until the bench saw it;
@@ -624,6 +624,7 @@ class Bench:
         self.sampler.watch("sandbox", self.sandbox.pid)
         self.launch("api", "api")
         self.launch("scheduler", "scheduler")
+        self.launch("reporter", "reporter")
         dispatchers = self.args.dispatchers
         for index in range(1, dispatchers + 1):
             self.launch("dispatcher", "dispatcher" if dispatchers == 1 else f"dispatcher{index}")
