@@ -6,7 +6,14 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from services.reporter.render import compose, daily_message_id, render_html, render_text, subject
+from services.reporter.render import (
+    compose,
+    daily_message_id,
+    rate_change,
+    render_html,
+    render_text,
+    subject,
+)
 from services.reporter.report import (
     STATUSES,
     MailingReport,
@@ -59,6 +66,13 @@ YESTERDAY = Previous(
     mailings={7: counts(sent=800, failed=10, scheduled=190)},
     totals={"mailings": 1, "sent": 800, "undelivered": 10, "pending": 190, "cancelled": 0},
 )
+
+
+def test_rate_changes_are_in_points() -> None:
+    assert rate_change(0.95, 0.9875) == "-3.8 pts"
+    assert rate_change(0.99, 0.98) == "+1.0 pts"
+    assert rate_change(0.9951, 0.995) == "±0.0 pts"
+    assert rate_change(None, 0.5) == ""
 
 
 def test_delivery_rate_counts_only_decided_messages() -> None:

@@ -55,8 +55,8 @@ def signed(change: int | None) -> str:
 def rate_change(current: float | None, previous: float | None) -> str:
     if current is None or previous is None:
         return ""
-    points = (current - previous) * 100
-    return f"{points:+.1f} pts"
+    points = round((current - previous) * 100, 1)
+    return f"{points:+.1f} pts" if points else "±0.0 pts"
 
 
 def title(report: Report, schedule: Schedule) -> str:
