@@ -248,7 +248,8 @@ async def test_two_reporter_processes_send_one_email(
     clean: None,
     smtp: SmtpServer,
 ) -> None:
-    # A short lease so the one that lost the race looks again soon and sees it sent.
+    # The clock stands still, so the winner's claim never goes stale; a short lease only
+    # makes the one that lost the race look again soon (after 1 s) and see it sent.
     settings = report_settings(infra, smtp.port, smtp_timeout_s=0.5, report_claim_lease_s=1)
     clock = Clock(local(DAY, 9, 30))
     apps = [create_app(settings, clock=clock), create_app(settings, clock=clock)]

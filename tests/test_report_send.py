@@ -163,7 +163,12 @@ async def test_send_now_to_the_configured_recipients(
         assert smtp.inbox.received[0].message["Subject"] == (
             "Notifications report 9999-03-10 06:00 (on request): no active mailings"
         )
-        assert app.state.reports.last_step.action == "waiting"
+
+        async def daily_step() -> str | None:
+            step = app.state.reports.last_step
+            return None if step is None else str(step.action)
+
+        assert await eventually(daily_step, bool, what="the daily loop's first pass") == "waiting"
     assert await report_row(sessions, DAY) is None
 
 
