@@ -7,13 +7,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq bench
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq bench report-now
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
 	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
 	@echo "make lint       ruff lint + format check;  make fmt: apply ruff format and fixes"
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
+	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,11 @@ clean:
 MESSAGES ?= 100000
 bench-api: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_api --messages $(MESSAGES)
+
+# Ask the running reporter (`make dev`: port 8003) to send the report now, to
+# REPORT_RECIPIENTS or to TO=a@example.com,b@example.com. Token: the first of API_TOKENS.
+report-now: venv
+	$(BIN)/python -m services.reporter.report_now $(if $(TO),--to '$(TO)')
 
 # Replay the dead-letter topic of the stack DATABASE_URL / KAFKA_BOOTSTRAP point at
 # (the local stack: see `make dev`'s output). MAILING=<id> for one mailing; DRY_RUN=1.

@@ -20,6 +20,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -107,9 +108,27 @@ class Settings(BaseSettings):
     log_format: LogFormat = "auto"
     log_file: Path | None = Path("statistic.log")
 
-    # --- reporting ------------------------------------------------------------------
+    # --- daily email report ---------------------------------------------------------
     report_timezone: str = "UTC"
     report_time: time = time(8, 0)
+    # Empty: no scheduled report (the send-now endpoint still takes explicit addresses).
+    report_recipients: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    report_from: str = "notifications@localhost"
+    # Most frequent failure reasons listed per mailing.
+    report_top_reasons: int = Field(default=5, ge=1, le=50)
+    # Delays between attempts of a report the SMTP server did not take; the last repeats.
+    report_retry_delays_s: Annotated[list[PositiveFloat], NoDecode] = Field(
+        default_factory=lambda: [10.0, 30.0, 120.0, 600.0]
+    )
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = Field(default=None, validate_default=True)
+    # Seconds one sending attempt may take in total (connect, TLS, login, transfer).
+    smtp_timeout_s: PositiveFloat = 30.0
+    # A claimed report not renewed for this long is taken over by another reporter.
+    report_claim_lease_s: PositiveFloat = Field(default=300.0, validate_default=True)
 
     @field_validator("api_tokens", mode="before")
     @classmethod
@@ -126,7 +145,7 @@ class Settings(BaseSettings):
     def _empty_log_file(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("retry_delays_s", mode="before")
+    @field_validator("retry_delays_s", "report_retry_delays_s", mode="before")
     @classmethod
     def _split_delays(cls, value: object) -> object:
         if isinstance(value, str):
@@ -165,11 +184,108 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    @field_validator("report_time", mode="before")
+    @classmethod
+    def _check_report_time(cls, value: object) -> object:
+        if isinstance(value, str):
+            match = _HH_MM.fullmatch(value.strip())
+            if match is None:
+                raise ValueError("expected a local time HH:MM (24-hour clock)")
+            hours, minutes = int(match["h"]), int(match["m"])
+            if hours > 23 or minutes > 59:
+                raise ValueError("expected a local time HH:MM (24-hour clock)")
+            return time(hours, minutes)
+        return value
+
+    @field_validator("report_recipients", mode="before")
+    @classmethod
+    def _split_recipients(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("report_recipients")
+    @classmethod
+    def _check_recipients(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(email_address(address) for address in value))
+
+    @field_validator("report_from")
+    @classmethod
+    def _check_from(cls, value: str) -> str:
+        return sender_address(value)
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _check_smtp_host(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(char.isspace() for char in value):
+            raise ValueError("expected a host name or address")
+        return value
+
+    @field_validator("smtp_user", mode="before")
+    @classmethod
+    def _empty_user(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("smtp_password", mode="before")
+    @classmethod
+    def _empty_password(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("smtp_password")
+    @classmethod
+    def _password_with_user(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        user = info.data.get("smtp_user")
+        if user and value is None:
+            raise ValueError("required when SMTP_USER is set")
+        if value is not None and not user:
+            raise ValueError("given without SMTP_USER")
+        return value
+
+    @field_validator("report_claim_lease_s")
+    @classmethod
+    def _lease_outlasts_an_attempt(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("smtp_timeout_s")
+        if timeout is not None and value <= timeout:
+            raise ValueError(
+                f"must be longer than one sending attempt (SMTP_TIMEOUT_S={timeout:g})"
+            )
+        return value
+
+    @property
+    def reports_enabled(self) -> bool:
+        return bool(self.report_recipients)
+
     def token_values(self) -> list[str]:
         return [token.get_secret_value() for token in self.api_tokens]
 
 
 _SECRET = re.compile("TOKEN|PASSWORD|SECRET")
+_HH_MM = re.compile(r"(?P<h>[0-9]{1,2}):(?P<m>[0-9]{2})")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    rf"@{_LABEL}(?:\.{_LABEL})*"
+)
+_NAMED = re.compile(r"(?P<name>[^<>\"\r\n]*?)\s*<(?P<address>[^<>]*)>")
+
+
+def email_address(value: str) -> str:
+    """A plain address (`name@example.com`), stripped; ValueError naming it otherwise."""
+    address = value.strip()
+    if len(address) > 254 or not _ADDRESS.fullmatch(address):
+        raise ValueError(f"not an email address: {value.strip()!r} (expected name@domain)")
+    return address
+
+
+def sender_address(value: str) -> str:
+    """A plain address, or one with a display name: `Notifications <reports@example.com>`."""
+    named = _NAMED.fullmatch(value.strip())
+    if named is None:
+        return email_address(value)
+    address = email_address(named["address"])
+    name = named["name"].strip()
+    return f"{name} <{address}>" if name else address
 
 
 class SettingsError(SystemExit):

@@ -56,6 +56,5 @@ def create_app(settings: Settings) -> FastAPI:
         setup=_start_relay,
         openapi_tags=TAGS,
     )
-    app.state.api_tokens = [token.encode() for token in settings.token_values()]
     errors.install(app)
     return app

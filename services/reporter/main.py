@@ -6,14 +6,17 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from services.reporter import daily
 from services.reporter.counters import Counters
 from services.reporter.handlers import subscribe
+from services.reporter.routes import reports
 from shared.logging import get_logger
 from shared.service import create_service_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from services.reporter.daily import Clock
     from shared.service import Runtime
     from shared.settings import Settings
 
@@ -23,8 +26,12 @@ DESCRIPTION = """
 Aggregates message statuses per mailing and emails the daily statistics.
 
 Consumes `message.status`: keeps the per-mailing counts by status that the API's
-statistics read, and exports them as Prometheus gauges.
+statistics read, and exports them as Prometheus gauges. Sends the daily report at
+`REPORT_TIME` in `REPORT_TIMEZONE` to `REPORT_RECIPIENTS`; `POST /reports/send` sends
+one now (`Authorization: Bearer <token>`, the admin API's tokens).
 """
+
+TAGS = [{"name": "reports", "description": "The email report, on request."}]
 
 GAUGE_INTERVAL_S = 10.0
 PRUNE_INTERVAL_S = 3600.0
@@ -50,8 +57,9 @@ async def _maintain(counters: Counters, settings: Settings, started: asyncio.Eve
         await asyncio.sleep(GAUGE_INTERVAL_S)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     parts: list[Counters] = []
+    start_reports = daily.start(clock)
 
     def wire(runtime: Runtime) -> None:
         counters = Counters(runtime.sessions)
@@ -62,12 +70,15 @@ def create_app(settings: Settings) -> FastAPI:
         runtime.spawn(
             _maintain(parts[-1], settings, runtime.broker_started), name="counter-maintenance"
         )
+        await start_reports(runtime, app)
 
     return create_service_app(
         service="reporter",
         settings=settings,
         title="Notifications: reporter",
         description=DESCRIPTION,
+        routers=[reports.router],
         subscribe=wire,
         setup=start,
+        openapi_tags=TAGS,
     )

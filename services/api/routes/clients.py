@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 
 from services.api import clients
-from services.api.auth import require_token
 from services.api.deps import UnitDep
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import ClientIn, ClientOut, ClientPatch, ErrorOut
+from shared.auth import require_token
 
 router = APIRouter(
     prefix="/api/v1/clients",

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from services.api import mailings
-from services.api.auth import require_token
 from services.api.deps import UnitDep
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import (
@@ -18,6 +17,7 @@ from services.api.schemas import (
     MailingOut,
     MessageOut,
 )
+from shared.auth import require_token
 
 router = APIRouter(
     prefix="/api/v1/notifications",

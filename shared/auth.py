@@ -1,4 +1,6 @@
-"""Bearer-token authentication: tokens from settings, compared in constant time."""
+"""Bearer-token authentication of a service's HTTP actions (the admin API, the
+reporter's send-now): tokens from `API_TOKENS`, compared in constant time; a missing or
+wrong token is a 401 with `WWW-Authenticate: Bearer`."""
 
 from __future__ import annotations
 
@@ -35,6 +37,6 @@ async def require_token(
 ) -> None:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token")
-    tokens: list[bytes] = request.app.state.api_tokens
+    tokens = [token.encode() for token in request.app.state.runtime.settings.token_values()]
     if not _matches(credentials.credentials, tokens):
         raise Unauthorized("invalid token")
