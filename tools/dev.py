@@ -35,7 +35,9 @@ class Service:
     module: str
     port: int
     extra: str = ""
-    ready_path: str = "/ready"
+    # An HTTP path answering 200 when ready; None: ready once the port accepts.
+    ready_path: str | None = "/ready"
+    args: tuple[str, ...] = ()
 
 
 SERVICES = (
@@ -50,6 +52,14 @@ SERVICES = (
         "SMS gateway sandbox (ledger and faults: http://127.0.0.1:8091/docs)",
         ready_path="/health",
     ),
+    Service(
+        "mail",
+        "tools.mailcatcher",
+        1025,
+        "SMTP mail catcher: the reporter's emails land in .dev/mail/*.eml",
+        ready_path=None,
+        args=("--port", "1025", "--dir", str(DATA / "mail")),
+    ),
 )
 SANDBOX_CONTROL_PORT = 8091
 
@@ -59,7 +69,9 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
-def _ready(port: int, path: str = "/ready") -> bool:
+def _ready(port: int, path: str | None = "/ready") -> bool:
+    if path is None:
+        return not _port_free(port)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
             return bool(response.status == 200)
@@ -129,9 +141,14 @@ class Stack:
             env[f"{service.name.upper()}_PORT"] = str(service.port)
         env["SANDBOX_CONTROL_PORT"] = str(SANDBOX_CONTROL_PORT)
         env.setdefault("PROVIDER_URL", "http://127.0.0.1:8090/v1")
+        # The reporter mails the local catcher unless told otherwise.
+        env.setdefault("SMTP_HOST", "127.0.0.1")
+        env.setdefault("SMTP_PORT", "1025")
+        env.setdefault("SMTP_TLS", "none")
+        env.setdefault("REPORT_RECIPIENTS", "ops@localhost")
         for service in SERVICES:
             self.children[service.name] = subprocess.Popen(
-                [sys.executable, "-m", service.module], cwd=REPO, env=env
+                [sys.executable, "-m", service.module, *service.args], cwd=REPO, env=env
             )
 
     def wait_ready(self, timeout: float) -> None:
@@ -184,8 +201,11 @@ def main() -> int:
         elapsed = time.monotonic() - started
         lines = [f"all services ready in {elapsed:.1f} s", ""]
         for service in SERVICES:
-            url = f"http://127.0.0.1:{service.port}"
-            lines.append(f"  {service.name:<11} {url}/docs   {service.extra}".rstrip())
+            if service.ready_path is None:
+                url = f"smtp://127.0.0.1:{service.port}"
+            else:
+                url = f"http://127.0.0.1:{service.port}/docs"
+            lines.append(f"  {service.name:<11} {url}   {service.extra}".rstrip())
         lines += [
             "",
             f"  token       Authorization: Bearer {DEV_TOKEN}   (local stack only)",
