@@ -7,23 +7,30 @@ under a transaction-level advisory lock: several processes may run a relay, one
 publishes at a time, so no row goes out twice in a normal run and events of one key
 keep their order. A crash between the Kafka ack and the commit republishes that batch
 once (at-least-once); consumers are idempotent by `event_id`.
+
+Each published event is logged (`event_published`) with its topic, type, event id and
+the ids of its mailing, message and client. Status events are logged at DEBUG only: on
+the hot path there are several per message, and the reporter logs each one it applies
+(`message_status_changed`) with the same ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, update
 
-from shared.logging import get_logger
+from shared.events import MessageStatusChanged
+from shared.logging import ENTITY_KEYS, get_logger
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from shared.models import Outbox
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from faststream.kafka import KafkaBroker
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +41,27 @@ log = get_logger(__name__)
 
 # Any fixed 64-bit number: the advisory lock that makes one relay publish at a time.
 _RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
+# Logged at DEBUG (see the module's docstring).
+_QUIET_TYPES = frozenset({MessageStatusChanged.model_fields["type"].default})
+# The entity a `<entity>.<verb>` event's `payload.id` names.
+_ID_OF_ENTITY = {"mailing": "mailing_id", "client": "client_id"}
+
+
+def event_log_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Type, event id and entity ids of an envelope, for its log line."""
+    kind = record.get("type")
+    payload = record.get("payload")
+    fields: dict[str, Any] = {"type": kind, "event_id": record.get("event_id")}
+    if not isinstance(payload, dict):
+        return fields
+    for key in ENTITY_KEYS:
+        if key in payload:
+            fields[key] = payload[key]
+    entity = kind.partition(".")[0] if isinstance(kind, str) else ""
+    entity_key = _ID_OF_ENTITY.get(entity)
+    if entity_key is not None and "id" in payload:
+        fields[entity_key] = payload["id"]
+    return fields
 
 
 def add_event(session: AsyncSession, topic: str, event: Envelope[Any]) -> None:
@@ -102,6 +130,7 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*pending)
+            self._log_published(rows)
             await session.execute(
                 update(Outbox)
                 .where(Outbox.id.in_([row.id for row in rows]))
@@ -109,6 +138,16 @@ class OutboxRelay:
             )
         OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
+
+    def _log_published(self, rows: Sequence[Any]) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)
+        for row in rows:
+            quiet = row.payload.get("type") in _QUIET_TYPES
+            if quiet and not debug:
+                continue
+            (log.debug if quiet else log.info)(
+                "event_published", topic=row.topic, **event_log_fields(row.payload)
+            )
 
     async def backlog(self) -> int:
         async with self.sessions() as session:
