@@ -215,6 +215,8 @@ class Scheduler:
                     .where(condition, Client.id >= first, Client.id < first + step),
                 )
                 .on_conflict_do_nothing(index_elements=["mailing_id", "client_id"])
+                # An ORM-enabled INSERT reports rowcount -1 unless asked to keep it.
+                .execution_options(preserve_rowcount=True)
             )
             await session.commit()
             created += result.rowcount or 0  # type: ignore[attr-defined]
