@@ -14,7 +14,7 @@ validation is skipped, the document shows the event model.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from faststream.specification import AsyncAPI
 from pydantic import SkipValidation
@@ -98,13 +98,15 @@ def published_channels(kind: Published, topics: Topics) -> list[tuple[str, Any, 
                 "replayable with `make replay-dlq`.",
             )
         ]
-    return [
-        (
-            topics.message_status,
-            MessageStatusChanged,
-            "One event per message status change, keyed by mailing id.",
-        )
-    ]
+    if kind is Published.STATUS_EVENTS:
+        return [
+            (
+                topics.message_status,
+                MessageStatusChanged,
+                "One event per message status change, keyed by mailing id.",
+            )
+        ]
+    assert_never(kind)
 
 
 def declare_publishers(broker: KafkaBroker, topics: Topics, kinds: Iterable[Published]) -> None:
