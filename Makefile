@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq bench report-now
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq bench report-now logs
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint       ruff lint + format check;  make fmt: apply ruff format and fixes"
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
+	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,3 +80,10 @@ DISPATCHERS ?= 1
 TIMEOUT ?= 600
 bench: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench --clients $(N) --dispatchers $(DISPATCHERS) --timeout $(TIMEOUT)
+
+# The log lines of one mailing, message or client, in time order: MAILING=, MESSAGE=,
+# CLIENT= (combined with AND). FILE= log files or globs (default ./statistic.log);
+# FORMAT=json for the raw lines (pipe them into jq).
+FORMAT ?= pretty
+logs: venv
+	@$(BIN)/python -m tools.logs --format $(FORMAT) $(if $(MAILING),--mailing $(MAILING)) $(if $(MESSAGE),--message $(MESSAGE)) $(if $(CLIENT),--client $(CLIENT)) $(FILE)

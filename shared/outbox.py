@@ -7,23 +7,31 @@ under a transaction-level advisory lock: several processes may run a relay, one
 publishes at a time, so no row goes out twice in a normal run and events of one key
 keep their order. A crash between the Kafka ack and the commit republishes that batch
 once (at-least-once); consumers are idempotent by `event_id`.
+
+Each published event is logged (`event_published`) with its topic, type, event id and
+the ids of its mailing, message and client. Status events are logged at DEBUG only: on
+the hot path there are several per message, and the reporter logs each one it applies
+(`message_status_changed`) with the same ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, cast, delete, func, insert, select, update
 
-from shared.logging import get_logger
+from shared.logging import ENTITY_KEYS, get_logger
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from shared.models import Outbox
+from shared.topics import MESSAGE_STATUS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from faststream.kafka import KafkaBroker
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +43,25 @@ log = get_logger(__name__)
 _JSON = {"content-type": "application/json"}
 # Any fixed 64-bit number: the advisory lock that makes one relay publish at a time.
 _RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
+# The entity a `<entity>.<verb>` event's `payload.id` names.
+_ID_OF_ENTITY = {"mailing": "mailing_id", "client": "client_id"}
+
+
+def event_log_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Type, event id and entity ids of an envelope, for its log line."""
+    kind = record.get("type")
+    payload = record.get("payload")
+    fields: dict[str, Any] = {"type": kind, "event_id": record.get("event_id")}
+    if not isinstance(payload, dict):
+        return fields
+    for key in ENTITY_KEYS:
+        if key in payload:
+            fields[key] = payload[key]
+    entity = kind.partition(".")[0] if isinstance(kind, str) else ""
+    entity_key = _ID_OF_ENTITY.get(entity)
+    if entity_key is not None and "id" in payload:
+        fields[entity_key] = payload["id"]
+    return fields
 
 
 def add_event(session: AsyncSession, topic: str, event: Envelope[Any]) -> None:
@@ -72,6 +99,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.idle_interval_s = idle_interval_s
         self.keep_published = keep_published
+        self.quiet_topics = frozenset(t for t in self.topics if t.endswith(MESSAGE_STATUS))
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -114,8 +142,23 @@ class OutboxRelay:
                 .where(Outbox.id.in_([row.id for row in rows]))
                 .values(published_at=func.now())
             )
+        # After the commit: nothing about the log lines can make a batch go out twice.
+        self._log_published(rows)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
+
+    def _log_published(self, rows: Sequence[Any]) -> None:
+        # Asked of the standard library's logger (what structlog writes through when
+        # configured); a bare structlog logger has no such method.
+        debug = logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+        for _, topic, _, payload in rows:
+            # Status events are told apart by topic, so the quiet ones are never parsed.
+            quiet = topic in self.quiet_topics
+            if quiet and not debug:
+                continue
+            (log.debug if quiet else log.info)(
+                "event_published", topic=topic, **event_log_fields(json.loads(payload))
+            )
 
     async def backlog(self) -> int:
         async with self.sessions() as session:

@@ -3,7 +3,8 @@
 Each service builds its FastAPI app with `create_service_app`, giving its routers, the
 function that registers its Kafka subscribers, and its own background work. The app
 serves `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer,
-and the service's consumers are started), `/metrics` and `/docs`.
+and the service's consumers are started), `/metrics`, `/docs`, and `/asyncapi` (with
+`/asyncapi.json`): the AsyncAPI document of the topics it consumes and publishes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from faststream.specification import get_asyncapi_html
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from shared.asyncapi import declare_publishers, specification
 from shared.db import create_engine, create_session_factory, ping
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
 from shared.logging import get_logger
@@ -33,8 +36,10 @@ from shared.metrics import (
 if TYPE_CHECKING:
     from fastapi import APIRouter
     from faststream.kafka import KafkaBroker
+    from faststream.specification import Specification
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+    from shared.asyncapi import Published
     from shared.settings import Settings
     from shared.topics import Topics
 
@@ -164,10 +169,15 @@ def create_service_app(
     description: str,
     routers: Sequence[APIRouter] = (),
     subscribe: Subscribe | None = None,
+    publishes: Sequence[Published] = (),
     setup: Setup | None = None,
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
-    """Build a service's app; nothing connects until the lifespan runs."""
+    """Build a service's app; nothing connects until the lifespan runs.
+
+    `publishes` names what the service publishes, for its AsyncAPI document (what it
+    consumes comes from the subscribers `subscribe` registers).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -183,6 +193,7 @@ def create_service_app(
         BROKER_CONNECTED.labels(service).set(0)
         if subscribe is not None:
             subscribe(runtime)
+        declare_publishers(runtime.broker, runtime.topics, publishes)
         app.state.runtime = runtime
         runtime.spawn(_start_broker(runtime), name="kafka-start")
         if setup is not None:
@@ -205,7 +216,7 @@ def create_service_app(
 
     app = FastAPI(
         title=title,
-        description=description,
+        description=description + ASYNCAPI_DOC,
         version="1.0.0",
         lifespan=lifespan,
         openapi_tags=[*(openapi_tags or []), {"name": "operations", "description": OPS_DOC}],
@@ -238,6 +249,31 @@ def create_service_app(
     async def metrics() -> Response:
         body, content_type = render_latest()
         return Response(body, media_type=content_type)
+
+    documents: list[Specification] = []
+
+    def asyncapi() -> Specification | None:
+        """The document, built once the lifespan has registered subscribers."""
+        runtime: Runtime | None = getattr(app.state, "runtime", None)
+        if runtime is None:
+            return None
+        if not documents:
+            documents.append(specification(runtime.broker, title=title, description=description))
+        return documents[0]
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi_json() -> Response:
+        document = asyncapi()
+        if document is None:
+            return JSONResponse({"detail": "starting"}, status_code=503)
+        return Response(document.to_json(), media_type="application/json")
+
+    @app.get("/asyncapi", include_in_schema=False)
+    async def asyncapi_html() -> Response:
+        document = asyncapi()
+        if document is None:
+            return JSONResponse({"detail": "starting"}, status_code=503)
+        return HTMLResponse(get_asyncapi_html(document, try_it_out_path=None))
 
     for router in routers:
         app.include_router(router)
@@ -277,6 +313,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
+ASYNCAPI_DOC = """
+
+Kafka: [AsyncAPI docs](/asyncapi) ([JSON](/asyncapi.json)) of the topics this service
+consumes and publishes, with their message schemas.
+"""
 OPS_DOC = "Liveness, readiness and metrics for operators and orchestrators (no token needed)."
 
 

@@ -1,6 +1,7 @@
-"""The whole pipeline for end-to-end tests: API, scheduler and dispatcher as real
-processes, the gateway sandbox over HTTP, a database of the test's own (cloned from a
-migrated template) and a Kafka topic prefix of its own."""
+"""The whole pipeline for end-to-end tests: API, scheduler and dispatcher (and the
+reporter, when asked for) as real processes, the gateway sandbox over HTTP, a database
+of the test's own (cloned from a migrated template) and a Kafka topic prefix of its own.
+Every service logs JSON lines to `<workdir>/statistic.log`."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ class Pipeline:
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES
 
     def __post_init__(self) -> None:
         self.name = f"e2e_{uuid.uuid4().hex[:10]}"
@@ -97,9 +99,9 @@ class Pipeline:
             "LOG_LEVEL": "INFO",
             **self.env,
         }
-        for service in SERVICES:
+        for service in self.services:
             self.launch(service)
-        await asyncio.gather(*(self.wait_ready(service) for service in SERVICES))
+        await asyncio.gather(*(self.wait_ready(service) for service in self.services))
         self.api = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.ports['api']}",
             headers={"Authorization": f"Bearer {TOKEN}"},

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from shared.logging import ENTITY_KEYS, bind_entities
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -34,6 +36,18 @@ class Unit:
         async with self.runtime.sessions() as session, session.begin():
             yield session
         self.relay.wake()
+
+
+async def bind_path_ids(request: Request) -> None:
+    """Tie every log line of the request, `http_request` included, to the mailing or
+    client its path names (async: a sync dependency would bind in a worker thread)."""
+    bind_entities(
+        **{
+            key: int(value)
+            for key, value in request.path_params.items()
+            if key in ENTITY_KEYS and isinstance(value, str) and value.isascii() and value.isdigit()
+        }
+    )
 
 
 def _unit(request: Request) -> Unit:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from services.api import errors
 from services.api.routes import clients, mailings
+from shared.asyncapi import Published
 from shared.logging import get_logger
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="Notifications: admin API",
         description=DESCRIPTION,
         routers=[clients.router, mailings.router],
+        publishes=[Published.MAILING_EVENTS, Published.CLIENT_EVENTS, Published.STATUS_EVENTS],
         setup=_start_relay,
         openapi_tags=TAGS,
     )

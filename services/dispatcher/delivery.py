@@ -265,6 +265,9 @@ class Delivery:
                 "gateway_auth_failed",
                 status=result.status,
                 hint="check PROVIDER_TOKEN; messages are held, not burnt",
+                mailing_id=message.mailing_id,
+                message_id=message.message_id,
+                client_id=message.client_id,
             )
             return self._retry(message, now, result.error, self.breaker.wait_s(), False)
         if result.ambiguous and not self.settings.provider_deduplicates:

@@ -20,6 +20,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import ValidationError
 
+from shared.asyncapi import SendCommandRecord
 from shared.events import SendData, SendMessage
 from shared.logging import clear_context, get_logger
 from shared.metrics import EVENTS_CONSUMED
@@ -101,7 +102,8 @@ def subscribe(runtime: Runtime, delivery: Delivery, breaker: CircuitBreaker) -> 
     ]
 
     def make_handler(topic: str) -> Callable[..., Awaitable[None]]:
-        async def handle(bodies: list[Any], message: KafkaMessage) -> None:
+        # `bodies` is the batch; documented as what each record is (one command).
+        async def handle(bodies: SendCommandRecord, message: KafkaMessage) -> None:
             clear_context()
             records = message.raw_message
             if not isinstance(records, tuple):

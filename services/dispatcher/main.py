@@ -9,6 +9,7 @@ from services.dispatcher.delivery import Delivery
 from services.dispatcher.gateway import Gateway, create_gateway
 from services.dispatcher.handlers import subscribe
 from services.dispatcher.ratelimit import RateLimiter
+from shared.asyncapi import Published
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
@@ -61,5 +62,6 @@ def create_app(settings: Settings) -> FastAPI:
         title="Notifications: dispatcher",
         description=DESCRIPTION,
         subscribe=wire,
+        publishes=[Published.RETRY_COMMANDS, Published.DEAD_LETTERS, Published.STATUS_EVENTS],
         setup=start,
     )

@@ -13,6 +13,7 @@ from faststream.kafka import KafkaMessage
 from pydantic import ValidationError
 
 from services.reporter.counters import log_applied
+from shared.asyncapi import StatusEventRecord
 from shared.events import StatusEvent, status_event_adapter
 from shared.logging import clear_context, get_logger
 from shared.metrics import EVENTS_CONSUMED
@@ -58,7 +59,8 @@ def subscribe(runtime: Runtime, counters: Counters) -> None:
         title="reporter: message statuses",
         description="Per-mailing counts by status, applied once per event id.",
     )
-    async def on_status_events(bodies: list[Any], message: KafkaMessage) -> None:
+    # `bodies` is the batch; documented as what each record is (one event).
+    async def on_status_events(bodies: StatusEventRecord, message: KafkaMessage) -> None:
         clear_context()
         records = message.raw_message
         if not isinstance(records, tuple):

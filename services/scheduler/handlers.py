@@ -6,10 +6,11 @@ or reordered event does the same thing as the first.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from faststream import AckPolicy
 
+from shared.asyncapi import ClientEventRecord, MailingEventRecord
 from shared.events import (
     ClientUpdated,
     MailingCreated,
@@ -40,7 +41,7 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         title="scheduler: mailing events",
         description="Activates started mailings at once; re-plans edited ones.",
     )
-    async def on_mailing_event(body: dict[str, Any]) -> None:
+    async def on_mailing_event(body: MailingEventRecord) -> None:
         clear_context()
         event = mailing_event_adapter.validate_python(body)
         bind_entities(mailing_id=event.payload.id)
@@ -61,7 +62,7 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         title="scheduler: client events",
         description="Re-plans a client's scheduled messages when its time zone changes.",
     )
-    async def on_client_event(body: dict[str, Any]) -> None:
+    async def on_client_event(body: ClientEventRecord) -> None:
         clear_context()
         event = client_event_adapter.validate_python(body)
         bind_entities(client_id=event.payload.id)

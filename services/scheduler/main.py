@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from services.scheduler.handlers import subscribe
 from services.scheduler.service import Scheduler
+from shared.asyncapi import Published
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
@@ -49,5 +50,6 @@ def create_app(settings: Settings) -> FastAPI:
         title="Notifications: scheduler",
         description=DESCRIPTION,
         subscribe=wire,
+        publishes=[Published.SEND_COMMANDS, Published.STATUS_EVENTS],
         setup=start,
     )

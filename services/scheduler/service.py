@@ -310,6 +310,15 @@ class Scheduler:
                 )
             )
         await asyncio.gather(*futures)
+        # One line per message (the hot path): its ids, explicitly, no context churn.
+        for message_id, mailing_id, client_id, attempts in rows:
+            log.info(
+                "send_command_published",
+                message_id=message_id,
+                mailing_id=mailing_id,
+                client_id=client_id,
+                attempt=attempts,
+            )
 
     # --- expiry, lease recovery, finishing ---------------------------------------------
 

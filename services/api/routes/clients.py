@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response, status
 
 from services.api import clients
-from services.api.deps import UnitDep
+from services.api.deps import UnitDep, bind_path_ids
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import ClientIn, ClientOut, ClientPatch, ErrorOut
 from shared.auth import require_token
@@ -15,7 +15,7 @@ from shared.auth import require_token
 router = APIRouter(
     prefix="/api/v1/clients",
     tags=["clients"],
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(bind_path_ids), Depends(require_token)],
     responses={
         401: {"model": ErrorOut, "description": "Missing or wrong token"},
         422: {"model": ErrorOut, "description": "Invalid input, each bad field named"},

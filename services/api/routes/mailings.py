@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from services.api import mailings
-from services.api.deps import UnitDep
+from services.api.deps import UnitDep, bind_path_ids
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import (
     BUCKETS_BY_NAME,
@@ -22,7 +22,7 @@ from shared.auth import require_token
 router = APIRouter(
     prefix="/api/v1/notifications",
     tags=["mailings"],
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(bind_path_ids), Depends(require_token)],
     responses={
         401: {"model": ErrorOut, "description": "Missing or wrong token"},
         422: {"model": ErrorOut, "description": "Invalid input, each bad field named"},
