@@ -18,10 +18,12 @@ import pytest
 
 from shared.db import create_engine, create_session_factory
 from shared.settings import Settings, load_settings
-from tools.infra import KafkaServer, PostgresServer, run_migrations
+from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from tests.report_helpers import SmtpServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,3 +146,21 @@ class ApiClient:
                 return counts
         finally:
             await engine.dispose()
+
+
+@pytest.fixture
+async def no_report_days(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """The daily-report tests' days (year 9999) forgotten, so each test starts afresh."""
+    from tests.report_helpers import clear_report_days
+
+    await clear_report_days(sessions)
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free port, keeping what it receives."""
+    from tests.report_helpers import SmtpServer
+
+    server = await SmtpServer(free_port()).start()
+    yield server
+    await server.stop()

@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 from asgi_lifespan import LifespanManager
 from structlog.testing import capture_logs
 
@@ -25,7 +24,6 @@ from tests.report_helpers import (
     add_clients,
     add_mailing,
     add_report_row,
-    clear_report_days,
     local,
     many,
     report_row,
@@ -33,7 +31,7 @@ from tests.report_helpers import (
 from tools.infra import free_port
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, MutableMapping
+    from collections.abc import MutableMapping
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -68,22 +66,10 @@ def reporter(
     return Reports(sessions, settings, SmtpMailer(settings), clock=clock, instance=name)
 
 
-@pytest.fixture
-async def clean(sessions: async_sessionmaker[AsyncSession]) -> None:
-    await clear_report_days(sessions)
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
-    server = await SmtpServer(free_port()).start()
-    yield server
-    await server.stop()
-
-
 async def test_the_email_shows_counts_rate_reasons_and_changes(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     clients = await add_clients(sessions, 60)
@@ -220,7 +206,7 @@ async def test_the_email_shows_counts_rate_reasons_and_changes(
 async def test_two_reporters_racing_send_one_email(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     settings = report_settings(infra, smtp.port)
@@ -245,7 +231,7 @@ async def test_two_reporters_racing_send_one_email(
 async def test_two_reporter_processes_send_one_email(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     # The clock stands still, so the winner's claim never goes stale; a short lease only
@@ -275,7 +261,7 @@ async def test_two_reporter_processes_send_one_email(
 async def test_before_the_time_nothing_goes_and_a_missed_day_is_not_caught_up(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     settings = report_settings(infra, smtp.port)
@@ -289,7 +275,7 @@ async def test_before_the_time_nothing_goes_and_a_missed_day_is_not_caught_up(
 async def test_a_reporter_started_after_the_time_sends_todays_report(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     settings = report_settings(infra, smtp.port)
@@ -314,7 +300,7 @@ async def test_a_reporter_started_after_the_time_sends_todays_report(
 async def test_a_claim_left_by_a_dead_reporter_is_taken_over_after_the_lease(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     settings = report_settings(infra, smtp.port, report_claim_lease_s=300)
@@ -342,7 +328,7 @@ async def test_a_claim_left_by_a_dead_reporter_is_taken_over_after_the_lease(
 async def test_yesterdays_unsent_claim_is_finished_before_todays_time(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     settings = report_settings(infra, smtp.port)
@@ -367,7 +353,7 @@ async def test_yesterdays_unsent_claim_is_finished_before_todays_time(
 async def test_smtp_down_then_up_is_retried_and_sent_once(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
 ) -> None:
     port = free_port()  # nothing listens yet: connection refused
     settings = report_settings(infra, port)
@@ -405,7 +391,7 @@ async def test_smtp_down_then_up_is_retried_and_sent_once(
 async def test_4xx_and_5xx_answers_are_retried_until_accepted(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     smtp.inbox.answers = ["451 4.3.0 Try again later", "554 5.6.0 Message rejected"]
@@ -425,7 +411,7 @@ async def test_4xx_and_5xx_answers_are_retried_until_accepted(
 async def test_the_service_keeps_serving_while_smtp_is_down_and_sends_once_it_is_back(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
 ) -> None:
     port = free_port()
     settings = report_settings(infra, port, report_retry_delays_s="0.05")

@@ -26,7 +26,6 @@ from tests.report_helpers import (
     SmtpServer,
     add_clients,
     add_mailing,
-    clear_report_days,
     local,
     many,
     report_row,
@@ -64,18 +63,6 @@ def reporter_settings(infra: Infra, port: int, **overrides: object) -> Settings:
     return make_settings(infra, **values)
 
 
-@pytest.fixture
-async def clean(sessions: async_sessionmaker[AsyncSession]) -> None:
-    await clear_report_days(sessions)
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpServer]:
-    server = await SmtpServer(free_port()).start()
-    yield server
-    await server.stop()
-
-
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with (
         LifespanManager(app, startup_timeout=60) as manager,
@@ -89,7 +76,7 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def test_send_now_to_given_addresses(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     clients = await add_clients(sessions, 5)
@@ -147,7 +134,7 @@ async def test_send_now_to_given_addresses(
 async def test_send_now_to_the_configured_recipients(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
-    clean: None,
+    no_report_days: None,
     smtp: SmtpServer,
 ) -> None:
     settings = reporter_settings(infra, smtp.port, report_recipients="ops@example.com")
@@ -172,7 +159,9 @@ async def test_send_now_to_the_configured_recipients(
     assert await report_row(sessions, DAY) is None
 
 
-async def test_send_now_refuses_clearly(infra: Infra, clean: None, smtp: SmtpServer) -> None:
+async def test_send_now_refuses_clearly(
+    infra: Infra, no_report_days: None, smtp: SmtpServer
+) -> None:
     settings = reporter_settings(infra, smtp.port)
     async for client in serve(create_app(settings, clock=Clock(local(DAY, 9)))):
         missing = await client.post("/reports/send")
@@ -210,7 +199,7 @@ async def test_send_now_refuses_clearly(infra: Infra, clean: None, smtp: SmtpSer
 
 
 async def test_send_now_says_when_the_smtp_server_does_not_take_it(
-    infra: Infra, clean: None
+    infra: Infra, no_report_days: None
 ) -> None:
     port = free_port()  # nothing listens
     settings = reporter_settings(infra, port, report_recipients="ops@example.com")
