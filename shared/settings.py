@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     breaker_open_s: PositiveFloat = 5.0
     breaker_open_max_s: PositiveFloat = 60.0
 
+    # --- Kafka consumers' health ----------------------------------------------------
+    # How often each service measures its consumers' lag (the consumer lag gauge).
+    consumer_lag_interval_s: PositiveFloat = 10.0
+    # A consumer with lag whose committed offsets have not moved for this long (and that
+    # is not paused on purpose) makes its process exit so the supervisor restarts it.
+    # 0 disables. The default matches the dispatcher's max_poll_interval: a batch may
+    # legitimately take that long.
+    consumer_stall_s: float = Field(default=600.0, ge=0)
+
     # --- logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "auto"
