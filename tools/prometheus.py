@@ -159,6 +159,7 @@ class PrometheusServer:
         self.port = port if port is not None else free_port()
         self._process: _Process | None = None
         self._cancel = threading.Event()
+        self._http: httpx.Client | None = None
 
     @property
     def url(self) -> str:
@@ -226,6 +227,9 @@ class PrometheusServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         self._cancel.set()
+        http, self._http = self._http, None
+        if http is not None:
+            http.close()
         process, self._process = self._process, None
         if process is not None:
             process.stop(timeout)
@@ -245,7 +249,9 @@ class PrometheusServer:
     # --- the HTTP API ------------------------------------------------------------------
 
     def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        response = httpx.get(f"{self.url}{path}", params=params, timeout=30)
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.url, timeout=30)
+        response = self._http.get(path, params=params)
         body = response.json()
         if body.get("status") != "success":
             raise InfraError(f"Prometheus {path} {params}: {body.get('error', body)}")
