@@ -1,7 +1,11 @@
 """Prometheus metrics, defined once. Names: `notifications_<noun>_<unit>`.
 
-Labels stay low-cardinality (service, method, route, status, outcome, topic): ids go in
-logs, never in labels.
+Labels stay low-cardinality (service, method, route, status, outcome, topic, partition,
+tier): ids go in logs, never in labels. One deliberate exception:
+`notifications_mailing_status_messages` carries `mailing_id`, only for mailings active
+in the last 24 hours, so its series are bounded by the number of recent mailings.
+
+Every metric here is listed in the README's "Metrics" table (a test keeps them in step).
 """
 
 from __future__ import annotations
@@ -144,14 +148,20 @@ BREAKER_OPENINGS = Counter(
     f"{PREFIX}_dispatcher_breaker_openings_total",
     "Times the gateway circuit breaker opened.",
 )
-REPORTER_STATUS_MESSAGES = Gauge(
+CONSUMER_LAG = Gauge(
+    f"{PREFIX}_consumer_lag_messages",
+    "Records not yet processed in each partition assigned to this process's consumers: "
+    "end offset minus the group's committed offset.",
+    ["service", "topic", "partition"],
+)
+REPORTER_STATUS = Gauge(
     f"{PREFIX}_reporter_status_messages",
-    "Messages currently in each status, all mailings (from the reporter's counters).",
+    "Messages currently in each status, all mailings (the reporter's counters).",
     ["status"],
 )
-# The one id label: bounded by the number of mailings active in the last 24 hours.
-MAILING_STATUS_MESSAGES = Gauge(
+MAILING_STATUS = Gauge(
     f"{PREFIX}_mailing_status_messages",
-    "Messages in each status per mailing, for mailings active in the last 24 hours.",
+    "Messages of one mailing in each status, for mailings active in the last 24 hours "
+    "(the one id label: bounded by the number of recent mailings).",
     ["mailing_id", "status"],
 )

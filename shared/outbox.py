@@ -177,16 +177,24 @@ class OutboxRelay:
 
     async def run(self, started: asyncio.Event) -> None:
         """Publish until cancelled; back off while Kafka or PostgreSQL is unreachable."""
-        await started.wait()
+        while not started.is_set():  # Kafka not reached yet: the backlog still shows
+            with contextlib.suppress(Exception):
+                OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(started.wait(), timeout=15.0)
         delay = self.idle_interval_s
         loop = asyncio.get_running_loop()
         next_purge = loop.time() + 60
+        next_count = 0.0
         while True:
             try:
                 published = await self.publish_once()
                 delay = self.idle_interval_s
                 if published < self.batch_size:
                     OUTBOX_BACKLOG.labels(self.service).set(0)
+                elif loop.time() >= next_count:  # draining a burst: a count now and then
+                    next_count = loop.time() + 15.0
+                    OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())
                 if loop.time() >= next_purge:
                     next_purge = loop.time() + 60
                     await self.purge_published()

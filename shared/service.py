@@ -4,7 +4,9 @@ Each service builds its FastAPI app with `create_service_app`, giving its router
 function that registers its Kafka subscribers, and its own background work. The app
 serves `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer,
 and the service's consumers are started), `/metrics`, `/docs`, and `/asyncapi` (with
-`/asyncapi.json`): the AsyncAPI document of the topics it consumes and publishes.
+`/asyncapi.json`): the AsyncAPI document of the topics it consumes and publishes. A
+service with Kafka consumers also measures their lag and runs the stall watchdog
+(`shared.consumer_lag`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from shared.asyncapi import declare_publishers, specification
+from shared.consumer_lag import watch_consumers
 from shared.db import create_engine, create_session_factory, ping
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
 from shared.logging import get_logger
@@ -196,6 +199,9 @@ def create_service_app(
         declare_publishers(runtime.broker, runtime.topics, publishes)
         app.state.runtime = runtime
         runtime.spawn(_start_broker(runtime), name="kafka-start")
+        if runtime.broker.subscribers:
+            request_exit = getattr(app.state, "request_exit", None)
+            runtime.spawn(watch_consumers(runtime, request_exit), name="consumer-lag")
         if setup is not None:
             await setup(runtime, app)
         log.info("service_started", port=_port(settings, service))

@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     # keep it at least the topic's retention).
     processed_event_retention_h: PositiveFloat = 168.0
 
+    # --- Kafka consumers' health ----------------------------------------------------
+    # How often each service measures its consumers' lag (the consumer lag gauge).
+    consumer_lag_interval_s: PositiveFloat = 10.0
+    # A consumer with lag whose committed offsets have not moved for this long (and that
+    # is not paused on purpose) makes its process exit so the supervisor restarts it.
+    # 0 disables. The default matches the dispatcher's max_poll_interval: a batch may
+    # legitimately take that long.
+    consumer_stall_s: float = Field(default=600.0, ge=0)
+
     # --- logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "auto"

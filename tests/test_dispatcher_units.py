@@ -135,3 +135,28 @@ def test_an_open_breaker_holds_everything() -> None:
         TopicPartition("retry.1", 0): (5, 4),
         TopicPartition("retry.1", 1): (7, 4),
     }
+
+
+@pytest.mark.parametrize("client", ["httpx", "aiohttp"])
+async def test_a_refused_connection_is_retryable_and_not_ambiguous(client: str) -> None:
+    """Nothing was sent: even for a gateway that does not de-duplicate, it may be retried
+    (an ambiguous outcome would be marked failed there)."""
+    from services.dispatcher.gateway import create_gateway
+    from shared.settings import load_settings
+    from tools.infra import free_port
+
+    settings = load_settings(
+        provider_url=f"http://127.0.0.1:{free_port()}/v1",  # nothing listens there
+        provider_client=client,
+        provider_deduplicates=False,
+        log_file=None,
+    )
+    gateway = create_gateway(settings)
+    try:
+        result = await gateway.send(1, "79001234567", "hello", 2.0)
+    finally:
+        await gateway.close()
+    assert result.outcome == Outcome.TRANSIENT
+    assert result.ambiguous is False
+    assert result.error is not None
+    assert result.error.startswith("connection failed")

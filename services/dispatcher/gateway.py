@@ -109,7 +109,10 @@ class HttpGateway:
             return Result(
                 Outcome.TRANSIENT, None, f"no answer within {deadline_s:.1f} s", ambiguous=sent
             )
-        except httpx.ConnectError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # No connection, so no request: safe to retry whether the gateway
+            # de-duplicates or not (the aiohttp transport reports a refused connection
+            # as a ConnectTimeout).
             return Result(Outcome.TRANSIENT, None, f"connection failed: {exc!s:.120}")
         except httpx.HTTPError as exc:
             return Result(Outcome.TRANSIENT, None, f"transport error: {exc!r:.120}", ambiguous=True)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shared.events import MessagesCreated, MessageStatusChanged, StatusEvent
 from shared.logging import get_logger
-from shared.metrics import MAILING_STATUS_MESSAGES, REPORTER_STATUS_MESSAGES
+from shared.metrics import MAILING_STATUS, REPORTER_STATUS
 from shared.models import Mailing, MailingStatusCount, MessageStatus, ProcessedEvent
 
 if TYPE_CHECKING:
@@ -156,10 +156,10 @@ class Counters:
                 )
             ).all()
         for status in MessageStatus:
-            REPORTER_STATUS_MESSAGES.labels(status.value).set(int(totals.get(status.value, 0)))
-        MAILING_STATUS_MESSAGES.clear()
+            REPORTER_STATUS.labels(status.value).set(int(totals.get(status.value, 0)))
+        MAILING_STATUS.clear()
         for mailing_id, name, count in recent:
-            MAILING_STATUS_MESSAGES.labels(str(mailing_id), name).set(count)
+            MAILING_STATUS.labels(str(mailing_id), name).set(count)
 
 
 def log_applied(events: Sequence[StatusEvent]) -> None:
