@@ -165,3 +165,8 @@ MAILING_STATUS = Gauge(
     "(the one id label: bounded by the number of recent mailings).",
     ["mailing_id", "status"],
 )
+REPORTS = Counter(
+    f"{PREFIX}_reporter_reports_total",
+    "Report emails the SMTP server accepted or did not take, by kind (daily, on_request).",
+    ["kind", "outcome"],
+)

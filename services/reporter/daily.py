@@ -44,6 +44,7 @@ from services.reporter.render import compose, daily_message_id
 from services.reporter.report import Report, build_report
 from services.reporter.schedule import Schedule
 from shared.logging import get_logger
+from shared.metrics import REPORTS
 from shared.models import DailyReport
 
 if TYPE_CHECKING:
@@ -132,7 +133,12 @@ class Reports:
         now = self.clock()
         report = await self._build(now, self.schedule.local_date(now), scheduled=False)
         message = self._compose(report, recipients, message_id=None)
-        accepted = await self.mailer.send(message, recipients)
+        try:
+            accepted = await self.mailer.send(message, recipients)
+        except MailError:
+            REPORTS.labels("on_request", "failed").inc()
+            raise
+        REPORTS.labels("on_request", "sent").inc()
         log.info(
             "report_sent_on_request",
             recipients=accepted.accepted,
@@ -206,6 +212,7 @@ class Reports:
             try:
                 summary = await self._send(day, now)
             except MailError as exc:
+                REPORTS.labels("daily", "failed").inc()
                 attempt = self._failures[day] = self._failures.get(day, 0) + 1
                 wait = min(self._delay(attempt), horizon)
                 log.warning(
@@ -217,6 +224,7 @@ class Reports:
                     retry_in_s=wait,
                 )
                 return self._did(Step("failed", day, wait, detail=exc.reason))
+            REPORTS.labels("daily", "sent").inc()
             self._accepted[day] = summary
 
         recorded = await self._mark_sent(day, summary)
