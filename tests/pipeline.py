@@ -110,6 +110,10 @@ class Pipeline:
 
     def launch(self, service: str, name: str | None = None) -> None:
         name = name or service
+        running = self.processes.get(name)
+        if running is not None and running.poll() is None:
+            # Replacing it in `processes` would leave it running after stop().
+            raise RuntimeError(f"{name} is already running; kill it first or use another name")
         port = free_port()
         self.ports[name] = port
         env = {**self.base_env, f"{service.upper()}_PORT": str(port)}

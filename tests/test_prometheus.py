@@ -181,8 +181,6 @@ async def test_every_dashboard_panel_has_data_from_the_live_pipeline(
     await pipe.start()
     prometheus: PrometheusServer | None = None
     try:
-        pipe.launch("reporter")
-        await pipe.wait_ready("reporter")
         prometheus = PrometheusServer(
             tmp_path / "prometheus",
             {name: f"127.0.0.1:{port}" for name, port in pipe.ports.items()},
