@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api replay-dlq bench report-now logs
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway replay-dlq bench report-now logs
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -64,6 +64,10 @@ bench-api: venv
 # REPORT_RECIPIENTS or to TO=a@example.com,b@example.com. Token: the first of API_TOKENS.
 report-now: venv
 	$(BIN)/python -m services.reporter.report_now $(if $(TO),--to '$(TO)')
+
+# The dispatcher's gateway clients side by side against the sandbox (CPU per request).
+bench-gateway: venv
+	$(BIN)/python -m tools.bench_gateway
 
 # Replay the dead-letter topic of the stack DATABASE_URL / KAFKA_BOOTSTRAP point at
 # (the local stack: see `make dev`'s output). MAILING=<id> for one mailing; DRY_RUN=1.

@@ -14,6 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
 import structlog
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def configure_logging(settings: Settings, service: str) -> None:
         cache_logger_on_first_use=True,
     )
 
-    json_renderer: Processor = structlog.processors.JSONRenderer()
+    json_renderer: Processor = structlog.processors.JSONRenderer(serializer=_dumps)
     use_console = settings.log_format == "console" or (
         settings.log_format == "auto" and sys.stdout.isatty()
     )
@@ -139,19 +140,31 @@ def configure_logging(settings: Settings, service: str) -> None:
         logging.getLogger(name).setLevel(max(level, logging.getLevelName(settings.log_level)))
 
 
+def _dumps(event: Any, **kw: Any) -> str:
+    """orjson: several times faster than json.dumps on the hot paths that log per
+    message; datetimes come out in ISO 8601, anything else it cannot encode as repr()."""
+    return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 class _JsonTeeHandler(logging.handlers.WatchedFileHandler):
-    """Append each formatted line to the log file and write it to stdout as well."""
+    """Append each formatted line to the log file and write it to stdout as well.
+
+    Whether the file was rotated away (WatchedFileHandler's stat) is checked at most
+    once a second rather than for every line."""
 
     def __init__(self, path: Path, stdout: TextIO) -> None:
         super().__init__(path)
         self.stdout = stdout
+        self._next_check = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
             self.stdout.write(line)
             self.stdout.flush()
-            self.reopenIfNeeded()
+            if record.created >= self._next_check:
+                self._next_check = record.created + 1.0
+                self.reopenIfNeeded()
             if self.stream is None:
                 self.stream = self._open()
             self.stream.write(line)

@@ -81,30 +81,45 @@ class Gateway(Protocol):
 
 
 class HttpGateway:
+    """httpx requests sent straight through its aiohttp transport.
+
+    `AsyncClient.send` wraps each request in machinery this client never uses (auth
+    flows, redirects, a cookie jar, base-URL merging): about a fifth of the
+    dispatcher's CPU per message in a profile. The requests and responses are still
+    httpx's, on the same transport and connection pool; the total deadline is ours.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.base = str(settings.provider_url).rstrip("/")
         limit = settings.provider_concurrency
-        self.client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=httpx.Limits(max_connections=limit)),
-            headers={
+        self.transport = AiohttpTransport(limits=httpx.Limits(max_connections=limit))
+        self.headers = httpx.Headers(
+            {
                 "Authorization": f"Bearer {settings.provider_token.get_secret_value()}",
                 "Content-Type": "application/json",
-            },
-            timeout=httpx.Timeout(settings.provider_timeout_s),
+            }
         )
+        self.timeout = httpx.Timeout(settings.provider_timeout_s).as_dict()
 
     async def send(self, message_id: int, phone: str, text: str, deadline_s: float) -> Result:
-        body = json.dumps({"id": message_id, "phone": int(phone), "text": text})
+        body = json.dumps({"id": message_id, "phone": int(phone), "text": text}).encode()
         sent = False
         try:
-            # A total deadline: httpx's per-phase timeouts let a slow drip run on.
+            # A total deadline: per-phase timeouts let a slow drip run on.
             async with asyncio.timeout(deadline_s):
-                request = self.client.build_request(
-                    "POST", f"{self.base}/send/{message_id}", content=body
+                request = httpx.Request(
+                    "POST",
+                    f"{self.base}/send/{message_id}",
+                    headers=self.headers,
+                    content=body,
+                    extensions={"timeout": self.timeout},
                 )
                 sent = True
-                response = await self.client.send(request)
-                content = await response.aread()
+                response = await self.transport.handle_async_request(request)
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
         except TimeoutError:
             return Result(
                 Outcome.TRANSIENT, None, f"no answer within {deadline_s:.1f} s", ambiguous=sent
@@ -119,7 +134,7 @@ class HttpGateway:
         return classify(response.status_code, content, response.headers.get("retry-after"))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
 
 class AiohttpGateway:
