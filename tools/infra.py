@@ -58,7 +58,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -100,6 +100,28 @@ LOCALHOST = "127.0.0.1"
 
 # Exit code of `run` when the infrastructure could not be started (EX_UNAVAILABLE).
 EXIT_INFRA_FAILED = 69
+
+
+class Managed:
+    """A server used as a context manager: started on entry, stopped on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class InfraError(RuntimeError):
@@ -699,7 +721,7 @@ def _kafka_mode(version: str) -> tuple[Literal["jvm", "embedded"], str]:
     return "embedded", f"needs Java {need}+: {found}"
 
 
-class KafkaServer:
+class KafkaServer(Managed):
     """A single-node Apache Kafka broker (KRaft) on 127.0.0.1, or Tansu where no JVM exists.
 
     ``workdir`` holds server.properties, the data (``data/``) and the logs; reusing a
@@ -754,18 +776,6 @@ class KafkaServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / ("tansu.log" if self.embedded else "kafka.log")
-
-    def __enter__(self) -> KafkaServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = 90.0) -> None:
         """Fetch the jars if needed, format storage once, launch, wait until it answers."""
@@ -1168,7 +1178,7 @@ def postgres_version(conninfo: str) -> str:
     return f"PostgreSQL {version}"
 
 
-class PostgresServer:
+class PostgresServer(Managed):
     """A throwaway PostgreSQL cluster in ``workdir/pgdata`` on 127.0.0.1 (trust auth).
 
     Speed over durability (fsync, synchronous_commit and full_page_writes off): for
@@ -1217,18 +1227,6 @@ class PostgresServer:
     @property
     def is_running(self) -> bool:
         return self._process is not None and self._process.alive
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _bin_dir(self) -> Path:
         choice = os.environ.get("NOTIFICATIONS_POSTGRES", "auto").strip().lower()

@@ -36,11 +36,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 # The harness's process handling: own process group, a watchdog against orphans.
-from tools.infra import LOCALHOST, InfraError, _Process, _tail, _wait_until, cache_dir, free_port
+from tools.infra import (
+    LOCALHOST,
+    InfraError,
+    Managed,
+    _Process,
+    _tail,
+    _wait_until,
+    cache_dir,
+    free_port,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from types import TracebackType
 
 log = logging.getLogger("tools.prometheus")
 
@@ -139,7 +147,7 @@ def version(binary: Path) -> str | None:
     return "Prometheus " + first[0].split("version", 1)[1].split()[0]
 
 
-class PrometheusServer:
+class PrometheusServer(Managed):
     """Prometheus scraping ``targets`` (job name -> host:port, path /metrics).
 
     Data and logs live in ``workdir``; the HTTP API listens on 127.0.0.1 on a free port.
@@ -233,18 +241,6 @@ class PrometheusServer:
         process, self._process = self._process, None
         if process is not None:
             process.stop(timeout)
-
-    def __enter__(self) -> PrometheusServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- the HTTP API ------------------------------------------------------------------
 
