@@ -116,7 +116,7 @@ async def api(infra: Infra) -> AsyncIterator[ApiClient]:
     settings = make_settings(infra, api_tokens="test-token,second-token")
     app = create_app(settings)
     async with (
-        LifespanManager(app, startup_timeout=60) as manager,
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager,
         AsyncClient(
             transport=ASGITransport(app=manager.app),
             base_url="http://testserver",

@@ -90,7 +90,7 @@ def offline() -> Settings:
 
 async def fetch(app: FastAPI, *paths: str) -> list[Any]:
     async with (
-        LifespanManager(app, startup_timeout=30) as manager,
+        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
         AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://service") as http,
     ):
         return [await http.get(path) for path in paths]

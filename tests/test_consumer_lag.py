@@ -299,7 +299,7 @@ async def test_a_held_retry_partition_shows_its_lag_and_is_not_stalled(infra: In
     app = dispatcher_app(settings)
     app.state.request_exit = exits.append
     async with (
-        LifespanManager(app, startup_timeout=60) as manager,
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://svc"
         ) as client,

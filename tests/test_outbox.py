@@ -92,7 +92,7 @@ async def test_writes_are_accepted_while_kafka_is_down_and_their_events_follow(
     app = create_app(settings)
     try:
         async with (
-            LifespanManager(app, startup_timeout=60) as manager,
+            LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager,
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=manager.app),
                 base_url="http://api",

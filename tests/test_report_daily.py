@@ -239,7 +239,10 @@ async def test_two_reporter_processes_send_one_email(
     settings = report_settings(infra, smtp.port, smtp_timeout_s=0.5, report_claim_lease_s=1)
     clock = Clock(local(DAY, 9, 30))
     apps = [create_app(settings, clock=clock), create_app(settings, clock=clock)]
-    async with LifespanManager(apps[0], startup_timeout=60), LifespanManager(apps[1]):
+    async with (
+        LifespanManager(apps[0], startup_timeout=60, shutdown_timeout=30),
+        LifespanManager(apps[1], shutdown_timeout=30),
+    ):
         reports: list[Reports] = [app.state.reports for app in apps]
 
         async def settled() -> list[str | None]:
@@ -419,7 +422,7 @@ async def test_the_service_keeps_serving_while_smtp_is_down_and_sends_once_it_is
     app = create_app(settings, clock=clock)
     with capture_logs() as logs:
         async with (
-            LifespanManager(app, startup_timeout=60) as manager,
+            LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager,
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=manager.app), base_url="http://reporter"
             ) as client,

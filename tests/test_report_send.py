@@ -65,7 +65,7 @@ def reporter_settings(infra: Infra, port: int, **overrides: object) -> Settings:
 
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with (
-        LifespanManager(app, startup_timeout=60) as manager,
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://reporter"
         ) as client,

@@ -43,7 +43,7 @@ SERVICES: dict[str, Callable[[Settings], FastAPI]] = {
 async def test_operational_endpoints(infra: Infra, service: str) -> None:
     app = SERVICES[service](make_settings(infra))
     async with (
-        LifespanManager(app, startup_timeout=60) as manager,
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://svc"
         ) as client,
@@ -147,7 +147,7 @@ async def test_a_service_starts_before_kafka_exists_and_becomes_ready(
     app = SERVICES["dispatcher"](settings)
     try:
         async with (
-            LifespanManager(app, startup_timeout=30) as manager,
+            LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=manager.app), base_url="http://svc"
             ) as client,
