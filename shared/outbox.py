@@ -177,11 +177,15 @@ class OutboxRelay:
 
     async def run(self, started: asyncio.Event) -> None:
         """Publish until cancelled; back off while Kafka or PostgreSQL is unreachable."""
+        # Waits use asyncio.timeout, never asyncio.wait_for: on Python 3.11 wait_for can
+        # swallow a cancel that lands as the awaited event fires, and the relay then
+        # ran on after shutdown (tests/test_outbox_cancel.py).
         while not started.is_set():  # Kafka not reached yet: the backlog still shows
             with contextlib.suppress(Exception):
                 OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(started.wait(), timeout=15.0)
+                async with asyncio.timeout(15.0):
+                    await started.wait()
         delay = self.idle_interval_s
         loop = asyncio.get_running_loop()
         next_purge = loop.time() + 60
@@ -210,4 +214,5 @@ class OutboxRelay:
                 continue  # more rows waiting: go on at once
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
