@@ -638,13 +638,8 @@ def fetch_kafka(version: str = KAFKA_VERSION) -> Path:
     home = _kafka_home(version)
     libs = home / "libs"
     marker = home / "libs.complete"
-    if marker.exists() and libs.is_dir():
-        return libs
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and libs.is_dir():
-            return libs
+
+    def download() -> str:
         mvn = shutil.which("mvn")
         if mvn is None:
             raise InfraError(
@@ -689,11 +684,28 @@ def fetch_kafka(version: str = KAFKA_VERSION) -> Path:
             )
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
-        marker.write_text("\n".join(jars) + "\n")
         log.info(
             "Kafka %s jars cached (%d jars, %.1fs)", version, len(jars), time.monotonic() - started
         )
-    return libs
+        return "\n".join(jars) + "\n"
+
+    return fetch_once(home, libs, marker, download)
+
+
+def fetch_once(home: Path, result: Path, marker: Path, download: Callable[[], str]) -> Path:
+    """`result` (a file or directory under `home`), made by `download` unless a complete
+    copy is cached. `marker` is written (with what `download` returns) only after a full
+    download, so an interrupted one is retried; a file lock makes parallel processes
+    wait for one download instead of racing."""
+    if marker.exists() and result.exists():
+        return result
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and result.exists():
+            return result
+        marker.write_text(download())
+    return result
 
 
 def _cluster_id() -> str:

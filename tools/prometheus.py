@@ -20,7 +20,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from tools.infra import (
     _tail,
     _wait_until,
     cache_dir,
+    fetch_once,
     free_port,
 )
 
@@ -73,14 +73,8 @@ def fetch_prometheus() -> Path:
         return path
     home = _home()
     binary = home / "bin" / "prometheus"
-    marker = home / "bin.complete"
-    if marker.exists() and binary.is_file():
-        return binary
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and binary.is_file():
-            return binary
+
+    def download() -> str:
         for tool in ("apt-get", "dpkg-deb"):
             if shutil.which(tool) is None:
                 raise InfraError(
@@ -102,9 +96,10 @@ def fetch_prometheus() -> Path:
             bin_dir.mkdir()
             for name in ("prometheus", "promtool"):
                 shutil.copy2(staging / "root" / "usr" / "bin" / name, bin_dir / name)
-            marker.write_text(debs[-1].name + "\n")
         log.info("%s cached (%.1fs)", version(binary) or debs[-1].name, time.monotonic() - started)
-    return binary
+        return debs[-1].name + "\n"
+
+    return fetch_once(home, binary, home / "bin.complete", download)
 
 
 def promtool() -> Path:
