@@ -180,7 +180,8 @@ class Settings(BaseSettings):
     def _check_bootstrap(cls, value: str) -> str:
         for server in value.split(","):
             host, sep, port = server.strip().rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            ascii_port = port.isascii() and port.isdigit()
+            if not sep or not host or not ascii_port or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return value
 
