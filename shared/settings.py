@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default_factory=lambda: [SecretStr("dev-token")]
     )
     ready_timeout_s: PositiveFloat = 3.0
+    # The admin API refuses a request body larger than this (bytes) with 413, before
+    # reading it; a route for streamed uploads may set a limit of its own.
+    api_max_body_bytes: PositiveInt = 1_048_576
 
     # --- external SMS gateway -------------------------------------------------------
     provider_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8090/v1")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from starlette.middleware import Middleware
+
 from services.api import errors
+from services.api.body_limit import BodyLimitMiddleware
 from services.api.routes import clients, mailings
 from shared.asyncapi import Published
 from shared.logging import get_logger
@@ -59,4 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_tags=TAGS,
     )
     errors.install(app)
+    # Innermost (appended, not add_middleware's outermost): the HTTP metrics count the
+    # 413s too.
+    app.user_middleware.append(Middleware(BodyLimitMiddleware, default=settings.api_max_body_bytes))
     return app
