@@ -10,6 +10,7 @@ from services.api import errors
 from services.api.body_limit import BodyLimitMiddleware
 from services.api.routes import clients, mailings
 from shared.asyncapi import Published
+from shared.kafka import ensure_topics
 from shared.logging import get_logger
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
@@ -42,7 +43,11 @@ TAGS = [
 
 async def _start_relay(runtime: Runtime, app: FastAPI) -> None:
     relay = OutboxRelay(
-        runtime.sessions, runtime.broker, topics=runtime.topics.all(), service=runtime.service
+        runtime.sessions,
+        runtime.broker,
+        topics=runtime.topics.all(),
+        service=runtime.service,
+        recreate_topics=lambda: ensure_topics(runtime.settings),
     )
     app.state.relay = relay
     runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
