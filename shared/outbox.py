@@ -25,8 +25,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import UnknownTopicOrPartitionError
-from sqlalchemy import Text, cast, delete, func, insert, select, update
+from sqlalchemy import Text, cast, func, insert, select, text, update
 
+from shared.db import engine_of, prune_in_batches
 from shared.logging import ENTITY_KEYS, get_logger
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from shared.models import Outbox
@@ -45,6 +46,18 @@ log = get_logger(__name__)
 _JSON = {"content-type": "application/json"}
 # Any fixed 64-bit number: the advisory lock that makes one relay publish at a time.
 _RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
+# Another: the one process at a time that deletes published rows.
+_PURGE_LOCK = 0x6F7574707572676  # "outpurg"
+# One batch of published rows past their keep time, oldest first (the index's order).
+PURGE_STATEMENT = """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox
+        WHERE published_at < now() - make_interval(secs => :keep_s)
+        ORDER BY published_at
+        LIMIT :batch
+    )
+"""
+_PURGE = text(PURGE_STATEMENT)
 # The entity a `<entity>.<verb>` event's `payload.id` names.
 _ID_OF_ENTITY = {"mailing": "mailing_id", "client": "client_id"}
 
@@ -250,11 +263,18 @@ class OutboxRelay:
             )
         return int(count or 0)
 
-    async def purge_published(self) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(
-                delete(Outbox).where(Outbox.published_at < func.now() - self.keep_published)
-            )
+    async def purge_published(self) -> int | None:
+        """Delete rows published longer ago than `keep_published`, in batches, by an
+        index range scan (ix_outbox_published_at); None when another process is at it."""
+        deleted = await prune_in_batches(
+            engine_of(self.sessions),
+            lock=_PURGE_LOCK,
+            statement=_PURGE,
+            params={"keep_s": self.keep_published.total_seconds()},
+        )
+        if deleted:
+            log.info("outbox_pruned", count=deleted)
+        return deleted
 
     async def run(self, started: asyncio.Event) -> None:
         """Publish until cancelled; back off while Kafka or PostgreSQL is unreachable."""
