@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "auto"
     log_file: Path | None = Path("statistic.log")
+    # Rotate the log file once it reaches this size (bytes; 0 = never), keeping this many
+    # rotated files (statistic.log.1 the newest).
+    log_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+    log_file_backups: PositiveInt = 5
 
     # --- daily email report ---------------------------------------------------------
     report_timezone: str = "UTC"
