@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -20,7 +21,7 @@ import orjson
 import structlog
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Callable, MutableMapping
 
     from structlog.typing import Processor
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 # Context keys that tie a log line to an entity; bound with contextvars.
 ENTITY_KEYS = ("mailing_id", "message_id", "client_id")
+
+_outage_log = structlog.stdlib.get_logger("shared.outage")
 
 _NOISY = {"aiokafka": logging.WARNING, "sqlalchemy.engine": logging.WARNING}
 
@@ -69,7 +72,7 @@ def _shared_processors(service: str) -> list[Processor]:
         add_service,
         structlog.stdlib.ExtraAdder(),
         _rename_transport_ids,
-        _drop_keys("color_message"),
+        _drop_keys("color_message", "_kafka_noise"),
         structlog.processors.StackInfoRenderer(),
     ]
 
@@ -136,6 +139,7 @@ def configure_logging(settings: Settings, service: str) -> None:
         root.removeHandler(handler)
         handler.close()
     for handler in handlers:
+        handler.addFilter(KAFKA_CLIENT_NOISE)
         root.addHandler(handler)
     root.setLevel(settings.log_level)
 
@@ -266,6 +270,166 @@ class SharedFileHandler(logging.Handler):
         finally:
             self.release()
         super().close()
+
+
+# A dependency that keeps failing is told at most this often between its state changes.
+REMIND_EVERY_S = 60.0
+
+
+class Outage:
+    """State-change logging for something that fails again and again (a broker away):
+    one WARNING line when it starts failing, a reminder at most once a minute with the
+    count since, and one INFO line when it works again, saying for how long it failed
+    and how many failures went unlogged. Not thread-safe: one event loop uses it."""
+
+    def __init__(
+        self,
+        failing: str,
+        reminder: str,
+        restored: str | None,
+        *,
+        remind_every_s: float = REMIND_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.events = (failing, reminder, restored)
+        self.remind_every_s = remind_every_s
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+        self.suppressed = 0
+        self._last_line = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, error: object, **fields: Any) -> None:
+        now = self.clock()
+        self.failures += 1
+        failing, reminder, _ = self.events
+        if self.since is None:
+            self.since = self._last_line = now
+            _outage_log.warning(failing, error=repr(error), **fields)
+        elif now - self._last_line >= self.remind_every_s:
+            self._last_line = now
+            _outage_log.warning(
+                reminder,
+                error=repr(error),
+                down_s=round(now - self.since, 1),
+                failures=self.failures,
+                suppressed=self.suppressed,
+                **fields,
+            )
+        else:
+            self.suppressed += 1
+
+    def recovered(self, **fields: Any) -> dict[str, Any]:
+        """Back to normal: log the restored line (if any); return the outage's figures."""
+        if self.since is None:
+            return {}
+        figures = {
+            "down_s": round(self.clock() - self.since, 1),
+            "failures": self.failures,
+            "suppressed": self.suppressed,
+        }
+        self.since, self.failures, self.suppressed = None, 0, 0
+        restored = self.events[2]
+        if restored is not None:
+            _outage_log.info(restored, **figures, **fields)
+        return figures
+
+
+class KafkaClientNoise(logging.Filter):
+    """Folds the Kafka client's (aiokafka's) WARNING/ERROR lines into state changes.
+
+    aiokafka logs every failed connection, metadata refresh, fetch, heartbeat and
+    produce attempt of each of a process's clients: a 16 s broker stop made thousands
+    of lines. Its first such line becomes `kafka_connection_lost` (with the original
+    message as `first_error`), later ones are counted, not written, with a
+    `kafka_connection_still_down` reminder at most once a minute, and `restored()` (a
+    probe of the broker after a few quiet seconds: `shared.service`) writes
+    `kafka_connection_restored` with `down_s` and `suppressed`. Installed on the
+    handlers, so it sees every aiokafka logger; a record is judged once however many
+    handlers it passes.
+    """
+
+    def __init__(
+        self, remind_every_s: float = REMIND_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.remind_every_s = remind_every_s
+        self.clock = clock
+        self.since: float | None = None
+        self.last_seen = 0.0
+        self.suppressed = 0
+        self.last_error = ""
+        self._last_line = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def quiet_for(self) -> float:
+        """Seconds since the Kafka client last complained."""
+        return self.clock() - self.last_seen
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        verdict = getattr(record, "_kafka_noise", None)
+        if verdict is not None:
+            return bool(verdict)
+        verdict = self._judge(record)
+        record._kafka_noise = verdict
+        return verdict
+
+    def _judge(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith("aiokafka"):
+            return True
+        now = self.clock()
+        self.last_seen = now
+        message = record.getMessage()[:300]
+        self.last_error = message
+        if self.since is None:
+            self.since = self._last_line = now
+            self.suppressed = 0
+            _rewrite(record, "kafka_connection_lost", first_error=message, client=record.name)
+            return True
+        if now - self._last_line >= self.remind_every_s:
+            self._last_line = now
+            _rewrite(
+                record,
+                "kafka_connection_still_down",
+                down_s=round(now - self.since, 1),
+                suppressed=self.suppressed,
+                last_error=message,
+            )
+            return True
+        self.suppressed += 1
+        return False
+
+    def restored(self) -> None:
+        """The broker answers again and the client has been quiet: say so, once."""
+        if self.since is None:
+            return
+        down_s = round(self.clock() - self.since, 1)
+        suppressed, last_error = self.suppressed, self.last_error
+        self.since, self.suppressed = None, 0
+        _outage_log.info(
+            "kafka_connection_restored",
+            down_s=down_s,
+            suppressed=suppressed,
+            last_error=last_error,
+        )
+
+
+def _rewrite(record: logging.LogRecord, event: str, **fields: Any) -> None:
+    record.msg, record.args = event, ()
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    for key, value in fields.items():
+        setattr(record, key, value)
+
+
+# The process's one filter (it keeps the outage's state across all handlers).
+KAFKA_CLIENT_NOISE = KafkaClientNoise()
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

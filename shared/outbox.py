@@ -28,7 +28,7 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 from sqlalchemy import Text, cast, func, insert, select, text, update
 
 from shared.db import engine_of, prune_in_batches
-from shared.logging import ENTITY_KEYS, get_logger
+from shared.logging import ENTITY_KEYS, Outage, get_logger
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from shared.models import Outbox
 from shared.topics import MESSAGE_STATUS
@@ -288,12 +288,18 @@ class OutboxRelay:
                 async with asyncio.timeout(15.0):
                     await started.wait()
         delay = self.idle_interval_s
+        # One line when publishing starts failing (Kafka or PostgreSQL away), a reminder
+        # a minute, one when it works again: not a line per retry.
+        outage = Outage(
+            "outbox_publish_failed", "outbox_publish_still_failing", "outbox_publish_restored"
+        )
         loop = asyncio.get_running_loop()
         next_purge = loop.time() + 60
         next_count = 0.0
         while True:
             try:
                 published = await self.publish_once()
+                outage.recovered(service=self.service)
                 delay = self.idle_interval_s
                 if published < self.batch_size:
                     OUTBOX_BACKLOG.labels(self.service).set(0)
@@ -307,7 +313,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 published = 0
-                log.warning("outbox_publish_failed", error=repr(exc), retry_in_s=delay)
+                outage.failed(exc, retry_in_s=delay)
                 with contextlib.suppress(Exception):
                     OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())
                 delay = min(max(delay * 2, 1.0), 10.0)

@@ -11,6 +11,9 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from shared.logging import (
+    KAFKA_CLIENT_NOISE,
+    KafkaClientNoise,
+    Outage,
     SharedFileHandler,
     bind_entities,
     clear_context,
@@ -32,7 +35,7 @@ def test_structlog_and_stdlib_lines_land_in_the_file_as_json(tmp_path: Path) -> 
         bind_entities(mailing_id=5, message_id=None, client_id=9)
         get_logger("tests").info("message_scheduled", due_at="2031-01-02T09:00:00Z")
         clear_context()
-        logging.getLogger("aiokafka").warning("broker %s unreachable", "b1")
+        logging.getLogger("uvicorn.error").warning("broker %s unreachable", "b1")
         logging.getLogger("faststream.access").info("Received", extra={"message_id": "0-1"})
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -49,7 +52,7 @@ def test_structlog_and_stdlib_lines_land_in_the_file_as_json(tmp_path: Path) -> 
     assert first["level"] == "info"
     assert first["timestamp"].endswith("Z")
     assert second["event"] == "broker b1 unreachable"
-    assert second["logger"] == "aiokafka"
+    assert second["logger"] == "uvicorn.error"
     assert "mailing_id" not in second  # context was cleared
     # FastStream's record id never masquerades as our message id.
     assert third["kafka_record_id"] == "0-1"
@@ -156,3 +159,87 @@ def test_rotation_keeps_the_configured_number_of_backups(tmp_path: Path) -> None
     assert path.read_text().startswith("line-4-")
     assert (tmp_path / "statistic.log.1").read_text().startswith("line-3-")
     assert (tmp_path / "statistic.log.2").read_text().startswith("line-2-")
+
+
+# --- outages: state changes, not a line per failure ---------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _events_in(path: Path) -> list[dict[str, object]]:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_outage_is_one_line_a_reminder_a_minute_and_one_line_back(tmp_path: Path) -> None:
+    log_file = tmp_path / "statistic.log"
+    configure_logging(load_settings(log_file=log_file, log_format="json"), "tests")
+    clock = _Clock()
+    outage = Outage("thing_failed", "thing_still_failing", "thing_restored", clock=clock)
+    try:
+        for _ in range(100):  # 100 failures over 50 s
+            outage.failed(ConnectionError("refused"), retry_in_s=1)
+            clock.now += 0.5
+        clock.now += 20  # past a minute since the first line
+        outage.failed(ConnectionError("refused"), retry_in_s=1)
+        clock.now += 5
+        figures = outage.recovered()
+        outage.recovered()  # not down any more: nothing
+        lines = _events_in(log_file)
+    finally:
+        configure_logging(load_settings(log_file=None), "tests")
+    assert [line["event"] for line in lines] == [
+        "thing_failed",
+        "thing_still_failing",
+        "thing_restored",
+    ]
+    assert lines[0]["level"] == "warning"
+    assert lines[0]["error"] == "ConnectionError('refused')"
+    assert lines[1]["failures"] == 101
+    assert lines[1]["suppressed"] == 99
+    assert lines[2] == {**lines[2], "down_s": 75.0, "failures": 101, "suppressed": 99}
+    assert figures == {"down_s": 75.0, "failures": 101, "suppressed": 99}
+
+
+def test_the_kafka_clients_complaints_fold_into_state_changes(tmp_path: Path) -> None:
+    log_file = tmp_path / "statistic.log"
+    configure_logging(load_settings(log_file=log_file, log_format="json"), "tests")
+    clock = _Clock()
+    noise = KafkaClientNoise(clock=clock)
+    for handler in logging.getLogger().handlers:
+        handler.removeFilter(KAFKA_CLIENT_NOISE)
+        handler.addFilter(noise)
+    try:
+        client = logging.getLogger("aiokafka.conn")
+        for n in range(500):
+            client.error("Unable connect to node with id %s: refused", n)
+            logging.getLogger("aiokafka.consumer.fetcher").error("Failed fetch messages")
+            clock.now += 0.1
+        logging.getLogger("other").error("not the Kafka client: passes")
+        clock.now += 20  # 70 s since the first: one reminder
+        client.error("Unable connect to node with id 1: refused")
+        clock.now += 5
+        noise.restored()
+        lines = _events_in(log_file)
+    finally:
+        configure_logging(load_settings(log_file=None), "tests")
+    assert [line["event"] for line in lines] == [
+        "kafka_connection_lost",
+        "not the Kafka client: passes",
+        "kafka_connection_still_down",
+        "kafka_connection_restored",
+    ]
+    lost, _, reminder, restored = lines
+    assert lost["level"] == "warning"
+    assert lost["first_error"] == "Unable connect to node with id 0: refused"
+    assert reminder["suppressed"] == 999
+    assert restored["suppressed"] == 999
+    assert restored["down_s"] == 75.0
+    assert "_kafka_noise" not in lost
