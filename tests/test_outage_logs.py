@@ -106,7 +106,7 @@ async def test_a_kafka_outage_costs_a_few_log_lines(
             await add_events(
                 session,
                 topics.client_events,
-                [  # type: ignore[arg-type]
+                [
                     ClientCreated(payload=ClientData(id=n, phone=f"7{n:010d}", operator_code=1))
                     for n in range(5)
                 ],
