@@ -374,16 +374,16 @@ class KafkaClientNoise(logging.Filter):
         return self.clock() - self.last_seen
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith("aiokafka"):
+            return True  # the hot path: every other line passes untouched
         verdict = getattr(record, "_kafka_noise", None)
-        if verdict is not None:
+        if verdict is not None:  # judged by the previous handler
             return bool(verdict)
         verdict = self._judge(record)
         record._kafka_noise = verdict
         return verdict
 
     def _judge(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or not record.name.startswith("aiokafka"):
-            return True
         now = self.clock()
         self.last_seen = now
         message = record.getMessage()[:300]
