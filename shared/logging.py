@@ -385,10 +385,13 @@ class KafkaClientNoise(logging.Filter):
 
     def _judge(self, record: logging.LogRecord) -> bool:
         now = self.clock()
+        # Quiet for a reminder's length: a new trouble (where no probe said `restored`,
+        # e.g. a command-line tool, the earlier one is long over).
+        fresh = self.since is not None and now - self.last_seen >= self.remind_every_s
         self.last_seen = now
         message = record.getMessage()[:300]
         self.last_error = message
-        if self.since is None:
+        if self.since is None or fresh:
             self.since = self._last_line = now
             self.suppressed = 0
             _rewrite(record, "kafka_connection_lost", first_error=message, client=record.name)

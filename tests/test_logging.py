@@ -243,3 +243,20 @@ def test_the_kafka_clients_complaints_fold_into_state_changes(tmp_path: Path) ->
     assert restored["suppressed"] == 999
     assert restored["down_s"] == 75.0
     assert "_kafka_noise" not in lost
+
+
+def test_a_complaint_after_a_long_quiet_is_a_new_outage_without_a_probe() -> None:
+    clock = _Clock()
+    noise = KafkaClientNoise(clock=clock)
+
+    def complaint() -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, "refused", None, None)
+
+    first, again, later = complaint(), complaint(), complaint()
+    assert noise.filter(first)
+    assert first.getMessage() == "kafka_connection_lost"
+    clock.now += 10
+    assert not noise.filter(again)  # the same trouble: counted
+    clock.now += 61  # a minute with no complaint, no probe (a command-line tool)
+    assert noise.filter(later)
+    assert later.getMessage() == "kafka_connection_lost"
