@@ -1,25 +1,27 @@
 """structlog, configured once per process.
 
 One event per line: JSON when stdout is not a terminal (console rendering on a TTY), and
-always JSON in the log file (`LOG_FILE`, default `statistic.log`), so `grep`/`jq` on a
+always JSON in the log file (`LOG_FILE`, default `statistic.log`, rotated by size:
+`LOG_FILE_MAX_BYTES`, `LOG_FILE_BACKUPS`; see `SharedFileHandler`), so `grep`/`jq` on a
 `mailing_id`, `message_id` or `client_id` gives an entity's whole story. Standard-library
 loggers (uvicorn, aiokafka, sqlalchemy, faststream) go through the same processors.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
-import logging.handlers
 import os
 import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 import structlog
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
-    from pathlib import Path
+    from collections.abc import Callable, MutableMapping
 
     from structlog.typing import Processor
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 # Context keys that tie a log line to an entity; bound with contextvars.
 ENTITY_KEYS = ("mailing_id", "message_id", "client_id")
+
+_outage_log = structlog.stdlib.get_logger("shared.outage")
 
 _NOISY = {"aiokafka": logging.WARNING, "sqlalchemy.engine": logging.WARNING}
 
@@ -68,7 +72,7 @@ def _shared_processors(service: str) -> list[Processor]:
         add_service,
         structlog.stdlib.ExtraAdder(),
         _rename_transport_ids,
-        _drop_keys("color_message"),
+        _drop_keys("color_message", "_kafka_noise"),
         structlog.processors.StackInfoRenderer(),
     ]
 
@@ -109,7 +113,12 @@ def configure_logging(settings: Settings, service: str) -> None:
         settings.log_file.parent.mkdir(parents=True, exist_ok=True)
     if settings.log_file is not None and not use_console:
         # The same JSON line for both: render it once (it is on every hot path).
-        tee = _JsonTeeHandler(settings.log_file, sys.stdout)
+        tee = SharedFileHandler(
+            settings.log_file,
+            max_bytes=settings.log_file_max_bytes,
+            backups=settings.log_file_backups,
+            stdout=sys.stdout,
+        )
         tee.setFormatter(formatter(json_renderer))
         handlers.append(tee)
     else:
@@ -117,8 +126,11 @@ def configure_logging(settings: Settings, service: str) -> None:
         stdout_handler.setFormatter(formatter(stdout_renderer))
         handlers.append(stdout_handler)
         if settings.log_file is not None:
-            # WatchedFileHandler: several processes append to one file; rotation-safe.
-            file_handler = logging.handlers.WatchedFileHandler(settings.log_file)
+            file_handler = SharedFileHandler(
+                settings.log_file,
+                max_bytes=settings.log_file_max_bytes,
+                backups=settings.log_file_backups,
+            )
             file_handler.setFormatter(formatter(json_renderer))
             handlers.append(file_handler)
 
@@ -127,6 +139,7 @@ def configure_logging(settings: Settings, service: str) -> None:
         root.removeHandler(handler)
         handler.close()
     for handler in handlers:
+        handler.addFilter(KAFKA_CLIENT_NOISE)
         root.addHandler(handler)
     root.setLevel(settings.log_level)
 
@@ -146,31 +159,280 @@ def _dumps(event: Any, **kw: Any) -> str:
     return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-class _JsonTeeHandler(logging.handlers.WatchedFileHandler):
-    """Append each formatted line to the log file and write it to stdout as well.
+# How often a writer checks whether the file was rotated (by itself or another process):
+# on its first line after this many seconds, or after it wrote this many bytes.
+_CHECK_EVERY_S = 1.0
+_CHECK_EVERY_BYTES = 64 * 1024
 
-    Whether the file was rotated away (WatchedFileHandler's stat) is checked at most
-    once a second rather than for every line."""
 
-    def __init__(self, path: Path, stdout: TextIO) -> None:
-        super().__init__(path)
+class SharedFileHandler(logging.Handler):
+    """Append each formatted line to a log file that several processes share, rotating
+    it by size; optionally write the same line to stdout (the JSON tee).
+
+    Every process opens the file in append mode, so lines from many processes never
+    overwrite each other. Rotation (`max_bytes`, 0 = never) happens under an `fcntl`
+    lock on `<file>.lock`: the first writer to see the file past the limit renames
+    `<file>.N-1` -> `<file>.N` ... `<file>` -> `<file>.1` and opens a new `<file>`; a
+    writer that then sees another inode at the path reopens it. A writer notices within
+    a second or 64 KiB of its own output, and until then its lines land in `<file>.1`,
+    where `make logs` reads them too: no line is lost, none goes to a rotated file for
+    longer than that. (An external logrotate that moves the file is noticed the same
+    way.)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 0,
+        backups: int = 1,
+        stdout: TextIO | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = max(backups, 1)
         self.stdout = stdout
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.stream: TextIO | None = None
+        self._inode: int | None = None
         self._next_check = 0.0
+        self._written = 0
+
+    def _open(self) -> TextIO:
+        stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        self._inode = os.fstat(stream.fileno()).st_ino
+        self.stream = stream
+        return stream
+
+    def _close_stream(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.close()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
-            self.stdout.write(line)
-            self.stdout.flush()
-            if record.created >= self._next_check:
-                self._next_check = record.created + 1.0
-                self.reopenIfNeeded()
+            line = self.format(record) + "\n"
+            if self.stdout is not None:
+                self.stdout.write(line)
+                self.stdout.flush()
             if self.stream is None:
-                self.stream = self._open()
-            self.stream.write(line)
-            self.stream.flush()
+                self._open()
+            if record.created >= self._next_check or self._written >= _CHECK_EVERY_BYTES:
+                # Before writing: the line goes to the file now at the path.
+                self._next_check = record.created + _CHECK_EVERY_S
+                self._written = 0
+                self._check()
+            stream = self.stream or self._open()
+            stream.write(line)
+            stream.flush()
+            self._written += len(line)
         except Exception:
             self.handleError(record)
+
+    def _inode_at_path(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return status.st_ino, status.st_size
+
+    def _check(self) -> None:
+        found = self._inode_at_path()
+        if found is None or found[0] != self._inode:
+            # Rotated (or removed) by someone else: write to the file at the path now.
+            self._close_stream()
+            self._open()
+        elif self.max_bytes and found[1] >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                found = self._inode_at_path()
+                # Another writer may have rotated while this one waited for the lock.
+                if found is not None and found[0] == self._inode and found[1] >= self.max_bytes:
+                    for n in range(self.backups - 1, 0, -1):
+                        older = self.path.with_name(f"{self.path.name}.{n}")
+                        if older.exists():
+                            os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+                    os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                self._close_stream()
+                self._open()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            self._close_stream()
+        finally:
+            self.release()
+        super().close()
+
+
+# A dependency that keeps failing is told at most this often between its state changes.
+REMIND_EVERY_S = 60.0
+
+
+class Outage:
+    """State-change logging for something that fails again and again (a broker away):
+    one WARNING line when it starts failing, a reminder at most once a minute with the
+    count since, and one INFO line when it works again, saying for how long it failed
+    and how many failures went unlogged. Not thread-safe: one event loop uses it."""
+
+    def __init__(
+        self,
+        failing: str,
+        reminder: str,
+        restored: str | None,
+        *,
+        remind_every_s: float = REMIND_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.events = (failing, reminder, restored)
+        self.remind_every_s = remind_every_s
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+        self.suppressed = 0
+        self._last_line = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, error: object, **fields: Any) -> None:
+        now = self.clock()
+        self.failures += 1
+        failing, reminder, _ = self.events
+        if self.since is None:
+            self.since = self._last_line = now
+            _outage_log.warning(failing, error=repr(error), **fields)
+        elif now - self._last_line >= self.remind_every_s:
+            self._last_line = now
+            _outage_log.warning(
+                reminder,
+                error=repr(error),
+                down_s=round(now - self.since, 1),
+                failures=self.failures,
+                suppressed=self.suppressed,
+                **fields,
+            )
+        else:
+            self.suppressed += 1
+
+    def recovered(self, **fields: Any) -> dict[str, Any]:
+        """Back to normal: log the restored line (if any); return the outage's figures."""
+        if self.since is None:
+            return {}
+        figures = {
+            "down_s": round(self.clock() - self.since, 1),
+            "failures": self.failures,
+            "suppressed": self.suppressed,
+        }
+        self.since, self.failures, self.suppressed = None, 0, 0
+        restored = self.events[2]
+        if restored is not None:
+            _outage_log.info(restored, **figures, **fields)
+        return figures
+
+
+class KafkaClientNoise(logging.Filter):
+    """Folds the Kafka client's (aiokafka's) WARNING/ERROR lines into state changes.
+
+    aiokafka logs every failed connection, metadata refresh, fetch, heartbeat and
+    produce attempt of each of a process's clients: a 16 s broker stop made thousands
+    of lines. Its first such line becomes `kafka_connection_lost` (with the original
+    message as `first_error`), later ones are counted, not written, with a
+    `kafka_connection_still_down` reminder at most once a minute, and `restored()` (a
+    probe of the broker after a few quiet seconds: `shared.service`) writes
+    `kafka_connection_restored` with `down_s` and `suppressed`. Installed on the
+    handlers, so it sees every aiokafka logger; a record is judged once however many
+    handlers it passes.
+    """
+
+    def __init__(
+        self, remind_every_s: float = REMIND_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.remind_every_s = remind_every_s
+        self.clock = clock
+        self.since: float | None = None
+        self.last_seen = 0.0
+        self.suppressed = 0
+        self.last_error = ""
+        self._last_line = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def quiet_for(self) -> float:
+        """Seconds since the Kafka client last complained."""
+        return self.clock() - self.last_seen
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith("aiokafka"):
+            return True  # the hot path: every other line passes untouched
+        verdict = getattr(record, "_kafka_noise", None)
+        if verdict is not None:  # judged by the previous handler
+            return bool(verdict)
+        verdict = self._judge(record)
+        record._kafka_noise = verdict
+        return verdict
+
+    def _judge(self, record: logging.LogRecord) -> bool:
+        now = self.clock()
+        # Quiet for a reminder's length: a new trouble (where no probe said `restored`,
+        # e.g. a command-line tool, the earlier one is long over).
+        fresh = self.since is not None and now - self.last_seen >= self.remind_every_s
+        self.last_seen = now
+        message = record.getMessage()[:300]
+        self.last_error = message
+        if self.since is None or fresh:
+            self.since = self._last_line = now
+            self.suppressed = 0
+            _rewrite(record, "kafka_connection_lost", first_error=message, client=record.name)
+            return True
+        if now - self._last_line >= self.remind_every_s:
+            self._last_line = now
+            _rewrite(
+                record,
+                "kafka_connection_still_down",
+                down_s=round(now - self.since, 1),
+                suppressed=self.suppressed,
+                last_error=message,
+            )
+            return True
+        self.suppressed += 1
+        return False
+
+    def restored(self) -> None:
+        """The broker answers again and the client has been quiet: say so, once."""
+        if self.since is None:
+            return
+        down_s = round(self.clock() - self.since, 1)
+        suppressed, last_error = self.suppressed, self.last_error
+        self.since, self.suppressed = None, 0
+        _outage_log.info(
+            "kafka_connection_restored",
+            down_s=down_s,
+            suppressed=suppressed,
+            last_error=last_error,
+        )
+
+
+def _rewrite(record: logging.LogRecord, event: str, **fields: Any) -> None:
+    record.msg, record.args = event, ()
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    for key, value in fields.items():
+        setattr(record, key, value)
+
+
+# The process's one filter (it keeps the outage's state across all handlers).
+KAFKA_CLIENT_NOISE = KafkaClientNoise()
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -218,6 +218,12 @@ class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_unpublished", "id", postgresql_where=sql("published_at IS NULL")),
+        # The purge of published rows: an index range scan, oldest first.
+        Index(
+            "ix_outbox_published_at",
+            "published_at",
+            postgresql_where=sql("published_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -232,6 +238,10 @@ class ProcessedEvent(Base):
     """Idempotent consumers: the "already done" mark, written with the state change."""
 
     __tablename__ = "processed_event"
+    __table_args__ = (
+        # The prune of ids past the de-duplication window: an index range scan.
+        Index("ix_processed_event_consumer_processed_at", "consumer", "processed_at"),
+    )
 
     consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)

@@ -20,18 +20,21 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, cast, delete, func, insert, select, update
+from aiokafka.errors import UnknownTopicOrPartitionError
+from sqlalchemy import Text, cast, func, insert, select, text, update
 
-from shared.logging import ENTITY_KEYS, get_logger
+from shared.db import engine_of, prune_in_batches
+from shared.logging import ENTITY_KEYS, Outage, get_logger
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from shared.models import Outbox
 from shared.topics import MESSAGE_STATUS
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from faststream.kafka import KafkaBroker
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +46,18 @@ log = get_logger(__name__)
 _JSON = {"content-type": "application/json"}
 # Any fixed 64-bit number: the advisory lock that makes one relay publish at a time.
 _RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
+# Another: the one process at a time that deletes published rows.
+_PURGE_LOCK = 0x6F7574707572676  # "outpurg"
+# One batch of published rows past their keep time, oldest first (the index's order).
+PURGE_STATEMENT = """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox
+        WHERE published_at < now() - make_interval(secs => :keep_s)
+        ORDER BY published_at
+        LIMIT :batch
+    )
+"""
+_PURGE = text(PURGE_STATEMENT)
 # The entity a `<entity>.<verb>` event's `payload.id` names.
 _ID_OF_ENTITY = {"mailing": "mailing_id", "client": "client_id"}
 
@@ -78,6 +93,22 @@ async def add_events(session: AsyncSession, topic: str, events: list[Envelope[An
         )
 
 
+@dataclass(slots=True)
+class _Hold:
+    until: float
+    delay: float
+    failures: int
+
+
+_HOLD_MIN_S = 1.0
+_HOLD_MAX_S = 30.0
+
+
+def _missing(error: BaseException) -> bool:
+    """The publish failed because the topic does not exist (deleted since the start)."""
+    return isinstance(error, UnknownTopicOrPartitionError)
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -89,6 +120,7 @@ class OutboxRelay:
         batch_size: int = 500,
         idle_interval_s: float = 0.5,
         keep_published: timedelta = timedelta(days=1),
+        recreate_topics: Callable[[], Awaitable[Sequence[str]]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.broker = broker
@@ -101,51 +133,113 @@ class OutboxRelay:
         self.keep_published = keep_published
         self.quiet_topics = frozenset(t for t in self.topics if t.endswith(MESSAGE_STATUS))
         self._wake = asyncio.Event()
+        # Creates the deployment's missing topics (shared.kafka.ensure_topics), returning
+        # those it created: called when a topic turns out not to exist.
+        self.recreate_topics = recreate_topics
+        # Topics whose last publish failed, held back until their time.
+        self._held: dict[str, _Hold] = {}
 
     def wake(self) -> None:
         """Called after a commit that staged events: publish now rather than at the tick."""
         self._wake.set()
 
     async def publish_once(self) -> int:
-        """Publish one batch; return how many rows went out (0 when idle or not leader)."""
+        """Publish one batch; return how many rows went out (0 when idle or not leader).
+
+        Each topic's rows are published on their own: a topic that cannot take them (it
+        was deleted, say) keeps its rows and is held back for a while, and the other
+        topics' rows go out and are marked. When every topic of the batch fails (Kafka
+        is down) the error is raised, for `run` to back off."""
         async with self.sessions() as session, session.begin():
             leader = await session.scalar(select(func.pg_try_advisory_xact_lock(_RELAY_LOCK)))
             if not leader:
                 return 0
-            rows = (
-                await session.execute(
-                    # The payload as PostgreSQL's JSON text: published as it is, with no
-                    # decode and re-encode in Python.
-                    select(Outbox.id, Outbox.topic, Outbox.key, cast(Outbox.payload, Text))
-                    .where(Outbox.published_at.is_(None), Outbox.topic.in_(self.topics))
-                    .order_by(Outbox.id)
-                    .limit(self.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            loop = asyncio.get_running_loop()
+            held = [t for t, hold in self._held.items() if hold.until > loop.time()]
+            query = (
+                # The payload as PostgreSQL's JSON text: published as it is, with no
+                # decode and re-encode in Python.
+                select(Outbox.id, Outbox.topic, Outbox.key, cast(Outbox.payload, Text))
+                .where(Outbox.published_at.is_(None), Outbox.topic.in_(self.topics))
+                .order_by(Outbox.id)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            )
+            if held:
+                query = query.where(Outbox.topic.not_in(held))
+            rows = (await session.execute(query)).all()
             if not rows:
                 return 0
-            # Enqueue in id order (keeps per-key order), then wait for every ack.
-            pending = [
-                await self.broker.publish(
-                    payload.encode(),
-                    topic,
-                    key=key.encode(),
-                    headers=_JSON,
-                    no_confirm=True,
-                )
-                for _, topic, key, payload in rows
-            ]
-            await asyncio.gather(*pending)
-            await session.execute(
-                update(Outbox)
-                .where(Outbox.id.in_([row.id for row in rows]))
-                .values(published_at=func.now())
+            by_topic: dict[str, list[Any]] = {}
+            for row in rows:
+                by_topic.setdefault(row.topic, []).append(row)
+            outcomes = await asyncio.gather(
+                *(self._publish_topic(topic, group) for topic, group in by_topic.items()),
+                return_exceptions=True,
             )
+            failed: dict[str, BaseException] = {}
+            for topic, outcome in zip(by_topic, outcomes, strict=True):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                if isinstance(outcome, BaseException):
+                    failed[topic] = outcome
+            published = [row for row in rows if row.topic not in failed]
+            if published:
+                await session.execute(
+                    update(Outbox)
+                    .where(Outbox.id.in_([row.id for row in published]))
+                    .values(published_at=func.now())
+                )
+        everything_failed = len(failed) == len(by_topic)
+        if everything_failed and not all(_missing(error) for error in failed.values()):
+            # Kafka itself is out of reach, not one topic: `run` backs off.
+            raise next(iter(failed.values()))
         # After the commit: nothing about the log lines can make a batch go out twice.
-        self._log_published(rows)
-        OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
-        return len(rows)
+        for topic in by_topic:
+            if topic not in failed:
+                self._topic_ok(topic, len(by_topic[topic]))
+        for topic, error in failed.items():
+            await self._topic_failed(topic, error, len(by_topic[topic]))
+        self._log_published(published)
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(published))
+        return len(published)
+
+    async def _publish_topic(self, topic: str, rows: Sequence[Any]) -> None:
+        # Enqueue in id order (keeps per-key order: a key lives in one topic), then wait
+        # for every ack.
+        pending = [
+            await self.broker.publish(
+                payload.encode(), topic, key=key.encode(), headers=_JSON, no_confirm=True
+            )
+            for _, _, key, payload in rows
+        ]
+        await asyncio.gather(*pending)
+
+    async def _topic_failed(self, topic: str, error: BaseException, rows: int) -> None:
+        loop = asyncio.get_running_loop()
+        hold = self._held.get(topic)
+        if hold is None:
+            hold = self._held[topic] = _Hold(until=0.0, delay=_HOLD_MIN_S, failures=0)
+            log.warning("outbox_topic_failing", topic=topic, error=repr(error), rows=rows)
+        else:
+            hold.delay = min(hold.delay * 2, _HOLD_MAX_S)
+        hold.failures += 1
+        hold.until = loop.time() + hold.delay
+        if _missing(error) and self.recreate_topics is not None:
+            # The services create their topics at start; one deleted since is created
+            # again the same way, so its events (kept in the outbox) can go out.
+            try:
+                created = await self.recreate_topics()
+            except Exception as exc:
+                log.warning("outbox_topic_recreate_failed", topic=topic, error=repr(exc))
+            else:
+                if created:
+                    hold.until = 0.0  # try again at once
+
+    def _topic_ok(self, topic: str, rows: int) -> None:
+        hold = self._held.pop(topic, None)
+        if hold is not None:
+            log.info("outbox_topic_recovered", topic=topic, failures=hold.failures, rows=rows)
 
     def _log_published(self, rows: Sequence[Any]) -> None:
         # Asked of the standard library's logger (what structlog writes through when
@@ -169,11 +263,18 @@ class OutboxRelay:
             )
         return int(count or 0)
 
-    async def purge_published(self) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(
-                delete(Outbox).where(Outbox.published_at < func.now() - self.keep_published)
-            )
+    async def purge_published(self) -> int | None:
+        """Delete rows published longer ago than `keep_published`, in batches, by an
+        index range scan (ix_outbox_published_at); None when another process is at it."""
+        deleted = await prune_in_batches(
+            engine_of(self.sessions),
+            lock=_PURGE_LOCK,
+            statement=_PURGE,
+            params={"keep_s": self.keep_published.total_seconds()},
+        )
+        if deleted:
+            log.info("outbox_pruned", count=deleted)
+        return deleted
 
     async def run(self, started: asyncio.Event) -> None:
         """Publish until cancelled; back off while Kafka or PostgreSQL is unreachable."""
@@ -187,12 +288,18 @@ class OutboxRelay:
                 async with asyncio.timeout(15.0):
                     await started.wait()
         delay = self.idle_interval_s
+        # One line when publishing starts failing (Kafka or PostgreSQL away), a reminder
+        # a minute, one when it works again: not a line per retry.
+        outage = Outage(
+            "outbox_publish_failed", "outbox_publish_still_failing", "outbox_publish_restored"
+        )
         loop = asyncio.get_running_loop()
         next_purge = loop.time() + 60
         next_count = 0.0
         while True:
             try:
                 published = await self.publish_once()
+                outage.recovered(service=self.service)
                 delay = self.idle_interval_s
                 if published < self.batch_size:
                     OUTBOX_BACKLOG.labels(self.service).set(0)
@@ -206,7 +313,7 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 published = 0
-                log.warning("outbox_publish_failed", error=repr(exc), retry_in_s=delay)
+                outage.failed(exc, retry_in_s=delay)
                 with contextlib.suppress(Exception):
                     OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())
                 delay = min(max(delay * 2, 1.0), 10.0)

@@ -28,7 +28,7 @@ from shared.asyncapi import declare_publishers, specification
 from shared.consumer_lag import watch_consumers
 from shared.db import create_engine, create_session_factory, ping
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
-from shared.logging import get_logger
+from shared.logging import KAFKA_CLIENT_NOISE, Outage, get_logger
 from shared.metrics import (
     BROKER_CONNECTED,
     DEPENDENCY_UP,
@@ -94,6 +94,9 @@ async def _start_broker(runtime: Runtime) -> None:
     aiokafka reconnects on its own through later outages.
     """
     delay = 0.5
+    # The first failure is logged, then one reminder a minute; `kafka_started` says how
+    # long it took and how many attempts failed.
+    outage = Outage("kafka_start_failed", "kafka_start_still_failing", None)
     while True:
         try:
             # Probe first: a failed broker.start() leaves a half-built producer behind.
@@ -103,7 +106,7 @@ async def _start_broker(runtime: Runtime) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("kafka_start_failed", error=repr(exc), retry_in_s=delay)
+            outage.failed(exc, retry_in_s=delay)
             with contextlib.suppress(Exception):
                 await runtime.broker.stop()
             await asyncio.sleep(delay)
@@ -111,7 +114,7 @@ async def _start_broker(runtime: Runtime) -> None:
             continue
         runtime.broker_started.set()
         BROKER_CONNECTED.labels(runtime.service).set(1)
-        log.info("kafka_started", bootstrap=runtime.settings.kafka_bootstrap)
+        log.info("kafka_started", bootstrap=runtime.settings.kafka_bootstrap, **outage.recovered())
         return
 
 
@@ -128,6 +131,28 @@ async def _uninterrupted(coro: Awaitable[None]) -> None:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+# The Kafka client counts as recovered once the broker answers a probe and the client has
+# not complained for this long (its last retries die down in the first seconds back).
+_QUIET_S = 5.0
+
+
+async def _watch_kafka_client(settings: Settings) -> None:
+    """Write `kafka_connection_restored` once the broker is back (see KafkaClientNoise)."""
+    while True:
+        await asyncio.sleep(1.0)
+        if not KAFKA_CLIENT_NOISE.down or KAFKA_CLIENT_NOISE.quiet_for() < _QUIET_S:
+            continue
+        try:
+            await probe_kafka(settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # still away: the probe's own complaints were counted  # noqa: S110
+            pass
+        else:
+            if KAFKA_CLIENT_NOISE.quiet_for() >= _QUIET_S:
+                KAFKA_CLIENT_NOISE.restored()
 
 
 class Check(BaseModel):
@@ -199,6 +224,7 @@ def create_service_app(
         declare_publishers(runtime.broker, runtime.topics, publishes)
         app.state.runtime = runtime
         runtime.spawn(_start_broker(runtime), name="kafka-start")
+        runtime.spawn(_watch_kafka_client(settings), name="kafka-client-outage")
         if runtime.broker.subscribers:
             request_exit = getattr(app.state, "request_exit", None)
             runtime.spawn(watch_consumers(runtime, request_exit), name="consumer-lag")

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default_factory=lambda: [SecretStr("dev-token")]
     )
     ready_timeout_s: PositiveFloat = 3.0
+    # The admin API refuses a request body larger than this (bytes) with 413, before
+    # reading it; a route for streamed uploads may set a limit of its own.
+    api_max_body_bytes: PositiveInt = 1_048_576
 
     # --- external SMS gateway -------------------------------------------------------
     provider_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8090/v1")
@@ -116,6 +119,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = "auto"
     log_file: Path | None = Path("statistic.log")
+    # Rotate the log file once it reaches this size (bytes; 0 = never), keeping this many
+    # rotated files (statistic.log.1 the newest).
+    log_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+    log_file_backups: PositiveInt = 5
 
     # --- daily email report ---------------------------------------------------------
     report_timezone: str = "UTC"
@@ -180,7 +187,8 @@ class Settings(BaseSettings):
     def _check_bootstrap(cls, value: str) -> str:
         for server in value.split(","):
             host, sep, port = server.strip().rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            ascii_port = port.isascii() and port.isdigit()
+            if not sep or not host or not ascii_port or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return value
 

@@ -69,6 +69,10 @@ async def test_tags_are_stored_once_by_name(api: ApiClient) -> None:
         89111234567,
         None,
         7.9e10,
+        # Non-ASCII digits: Python's `\d` matches them, the database's check does not.
+        "7\u0669\u0661\u0661\u0661\u0662\u0663\u0664\u0665\u0666\u0667",  # Arabic-Indic
+        "7\uff19\uff11\uff11\uff11\uff12\uff13\uff14\uff15\uff16\uff17",  # fullwidth
+        "7911123456\u0967",  # one Devanagari digit at the end
     ],
 )
 async def test_bad_telephone_is_422_naming_the_field_and_changes_nothing(

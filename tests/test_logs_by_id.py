@@ -153,6 +153,24 @@ def test_globs_name_several_files_once_each(tmp_path: Path) -> None:
     assert events(out) == ["a.log", "b.log"]
 
 
+def test_a_named_file_is_read_with_its_rotated_copies(tmp_path: Path) -> None:
+    log = tmp_path / "statistic.log"
+    write(
+        log.with_name("statistic.log.2"),
+        {"event": "oldest", "client_id": 3, "timestamp": "2031-01-02T09:00:00Z"},
+    )
+    write(
+        log.with_name("statistic.log.1"),
+        {"event": "older", "client_id": 3, "timestamp": "2031-01-02T09:00:01Z"},
+    )
+    write(log, {"event": "newest", "client_id": 3, "timestamp": "2031-01-02T09:00:02Z"})
+    write(log.with_name("statistic.log.lock"), "")
+    write(log.with_name("statistic.log.bak"), {"event": "not a rotated copy", "client_id": 3})
+    code, out, _ = cli("--client", "3", str(log))
+    assert code == 0
+    assert events(out) == ["oldest", "older", "newest"]
+
+
 def test_pretty_format_is_one_compact_line_each(tmp_path: Path) -> None:
     log = write(
         tmp_path / "a.log",

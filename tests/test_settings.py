@@ -40,6 +40,7 @@ def test_comma_separated_lists_and_plain_postgres_url(monkeypatch: pytest.Monkey
         ("KAFKA_PARTITIONS", "0", "KAFKA_PARTITIONS"),
         ("API_PORT", "70000", "API_PORT"),
         ("KAFKA_BOOTSTRAP", "localhost", "KAFKA_BOOTSTRAP"),
+        ("KAFKA_BOOTSTRAP", "kafka:\u0669\u0660\u0669\u0662", "KAFKA_BOOTSTRAP"),  # not ASCII
         ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
         ("REPORT_TIMEZONE", "Mars/Olympus", "REPORT_TIMEZONE"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),

@@ -1,13 +1,14 @@
 """`make logs`: the story of one mailing, message or client from the JSON log files.
 
-    python -m tools.logs --mailing 5                  # the repo's statistic.log
+    python -m tools.logs --mailing 5                  # the repo's statistic.log (+ .1, .2...)
     python -m tools.logs --message 17 --format pretty
     python -m tools.logs --client 3 --mailing 5 'logs/*.log' other.log
 
 Every service writes one JSON object per line, with `mailing_id`, `message_id` and
 `client_id` on each line about one. Filters combine with AND; ids compare as integers
-(5 does not match 55). Lines that are not JSON objects are skipped. The output is in
-time order across all files: the raw JSON lines (for `jq`), or `--format pretty`.
+(5 does not match 55). Lines that are not JSON objects are skipped. A file named as such
+is read with its rotated copies (`statistic.log.1`, `.2`, ...: LOG_FILE_MAX_BYTES). The
+output is in time order across all files: the raw JSON lines (for `jq`), or `--format pretty`.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def expand(patterns: Sequence[str]) -> list[Path]:
                 raise UsageError(f"no file matches {pattern}")
             candidates = [Path(name) for name in found]
         else:
-            candidates = [Path(pattern)]
+            # A file named as such brings its rotated copies (`statistic.log.1`, ...).
+            candidates = [Path(pattern), *rotated(Path(pattern))]
         for path in candidates:
             if not path.exists():
                 raise UsageError(f"no such file: {path}")
@@ -114,6 +116,16 @@ def expand(patterns: Sequence[str]) -> list[Path]:
             if path not in files:
                 files.append(path)
     return files
+
+
+def rotated(path: Path) -> list[Path]:
+    """The rotated copies of a log file that exist: `<name>.1`, `<name>.2`, ..."""
+    copies = [
+        (int(suffix), candidate)
+        for candidate in path.parent.glob(glob.escape(path.name) + ".*")
+        if (suffix := candidate.name[len(path.name) + 1 :]).isascii() and suffix.isdigit()
+    ]
+    return [candidate for _, candidate in sorted(copies)]
 
 
 def collect(files: Sequence[Path], wanted: dict[str, int]) -> list[Line]:

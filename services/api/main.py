@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from starlette.middleware import Middleware
+
 from services.api import errors
+from services.api.body_limit import BodyLimitMiddleware
 from services.api.routes import clients, mailings
 from shared.asyncapi import Published
+from shared.kafka import ensure_topics
 from shared.logging import get_logger
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
@@ -39,7 +43,11 @@ TAGS = [
 
 async def _start_relay(runtime: Runtime, app: FastAPI) -> None:
     relay = OutboxRelay(
-        runtime.sessions, runtime.broker, topics=runtime.topics.all(), service=runtime.service
+        runtime.sessions,
+        runtime.broker,
+        topics=runtime.topics.all(),
+        service=runtime.service,
+        recreate_topics=lambda: ensure_topics(runtime.settings),
     )
     app.state.relay = relay
     runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
@@ -59,4 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_tags=TAGS,
     )
     errors.install(app)
+    # Innermost (appended, not add_middleware's outermost): the HTTP metrics count the
+    # 413s too.
+    app.user_middleware.append(Middleware(BodyLimitMiddleware, default=settings.api_max_body_bytes))
     return app

@@ -28,7 +28,9 @@ from shared.models import BUCKETS
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-PHONE = re.compile(r"7\d{10}")
+# [0-9], never \d: Python's \d matches every Unicode digit (Arabic-Indic, fullwidth...),
+# which the database's check then refuses.
+PHONE = re.compile(r"7[0-9]{10}")
 TAG_MAX = 64
 TEXT_MAX = 2000
 FILTER_MAX = 100

@@ -10,6 +10,7 @@ from services.dispatcher.gateway import Gateway, create_gateway
 from services.dispatcher.handlers import subscribe
 from services.dispatcher.ratelimit import RateLimiter
 from shared.asyncapi import Published
+from shared.kafka import ensure_topics
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
@@ -32,7 +33,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     def wire(runtime: Runtime) -> None:
         relay = OutboxRelay(
-            runtime.sessions, runtime.broker, topics=runtime.topics.all(), service="dispatcher"
+            runtime.sessions,
+            runtime.broker,
+            topics=runtime.topics.all(),
+            service="dispatcher",
+            recreate_topics=lambda: ensure_topics(settings),
         )
         gateway = create_gateway(settings)
         breaker = CircuitBreaker(

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from shared.db import create_engine, create_session_factory
 from shared.events import SendMessage
@@ -29,6 +31,13 @@ from shared.models import Mailing, Message, MessageStatus
 from shared.outbox import OutboxRelay
 from shared.settings import load_settings
 from shared.statuses import transition_where
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from shared.topics import Topics
 
 log = get_logger(__name__)
 
@@ -68,24 +77,7 @@ async def replay(
                         ids.add(command.message_id)
         counts["selected"] = len(ids)
         if ids and not dry_run:
-            async with sessions() as session, session.begin():
-                replayed = await transition_where(
-                    session,
-                    topics,
-                    (Message.id.in_(ids))
-                    & (Message.status == MessageStatus.FAILED)
-                    & Message.mailing_id.in_(
-                        select(Mailing.id).where(Mailing.stop_at > func.now())
-                    ),
-                    MessageStatus.SCHEDULED,
-                    error="replayed from the dead-letter topic",
-                )
-                # Due now: the scheduler fires them on its next tick.
-                await session.execute(
-                    update(Message)
-                    .where(Message.id.in_(ids), Message.status == MessageStatus.SCHEDULED)
-                    .values(due_at=func.now())
-                )
+            replayed = await requeue_failed(sessions, topics, ids)
             counts["replayed"] = replayed
             counts["skipped"] = len(ids) - replayed
         if not dry_run:
@@ -104,6 +96,35 @@ async def replay(
         await engine.dispose()
     log.info("dlq_replayed", dry_run=dry_run, mailing_id=mailing, **counts)
     return counts
+
+
+async def requeue_failed(
+    sessions: async_sessionmaker[AsyncSession], topics: Topics, ids: Collection[int]
+) -> int:
+    """Put the messages of `ids` that are still `failed` (mailing not past its stop time)
+    back to `scheduled`, due now; return how many.
+
+    The ids travel as one array parameter (`= ANY(:ids)`), never as an `IN` list of one
+    parameter each: PostgreSQL takes at most 65,535 parameters in a statement.
+    """
+    chosen = any_(bindparam("replay_ids", sorted(ids), type_=ARRAY(BigInteger)))
+    async with sessions() as session, session.begin():
+        replayed = await transition_where(
+            session,
+            topics,
+            (Message.id == chosen)
+            & (Message.status == MessageStatus.FAILED)
+            & Message.mailing_id.in_(select(Mailing.id).where(Mailing.stop_at > func.now())),
+            MessageStatus.SCHEDULED,
+            error="replayed from the dead-letter topic",
+        )
+        # Due now: the scheduler fires them on its next tick.
+        await session.execute(
+            update(Message)
+            .where(Message.id == chosen, Message.status == MessageStatus.SCHEDULED)
+            .values(due_at=func.now())
+        )
+    return replayed
 
 
 def main() -> None:

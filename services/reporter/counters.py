@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from shared.db import engine_of, prune_in_batches
 from shared.events import MessagesCreated, MessageStatusChanged, StatusEvent
 from shared.logging import get_logger
 from shared.metrics import MAILING_STATUS, REPORTER_STATUS
-from shared.models import Mailing, MailingStatusCount, MessageStatus, ProcessedEvent
+from shared.models import Mailing, MailingStatusCount, MessageStatus
 
 if TYPE_CHECKING:
     import uuid
@@ -57,6 +58,23 @@ _ADD_DELTAS = text(
     DO UPDATE SET count = mailing_status_count.count + EXCLUDED.count
     """
 )
+
+
+# The one reporter at a time that prunes `processed_event`.
+_PRUNE_LOCK = 0x7072756E65657674  # "pruneevt"
+# One batch of ids past the window, oldest first (ix_processed_event_consumer_processed_at),
+# deleted by row address (a TID scan: matching them again by key would scan the table).
+# Rows of this table are never updated, so an address stays valid within the statement.
+PRUNE_STATEMENT = """
+    DELETE FROM processed_event WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM processed_event
+        WHERE consumer = :consumer
+          AND processed_at < now() - make_interval(secs => :keep_s)
+        ORDER BY processed_at
+        LIMIT :batch
+    ))
+"""
+_PRUNE = text(PRUNE_STATEMENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +139,15 @@ class Counters:
                 )
         return Applied(applied, received - len(applied))
 
-    async def prune(self, older_than: timedelta) -> int:
-        """Forget applied event ids past the de-duplication window."""
-        async with self.sessions() as session, session.begin():
-            result = await session.execute(
-                delete(ProcessedEvent).where(
-                    ProcessedEvent.consumer == CONSUMER,
-                    ProcessedEvent.processed_at < func.now() - older_than,
-                )
-            )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    async def prune(self, older_than: timedelta) -> int | None:
+        """Forget applied event ids past the de-duplication window: in batches, by an
+        index range scan; None when another reporter is at it."""
+        return await prune_in_batches(
+            engine_of(self.sessions),
+            lock=_PRUNE_LOCK,
+            statement=_PRUNE,
+            params={"consumer": CONSUMER, "keep_s": older_than.total_seconds()},
+        )
 
     async def refresh_gauges(self, now: datetime) -> None:
         """Export the counters: totals by status, and per mailing for recent mailings."""

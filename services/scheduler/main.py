@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from services.scheduler.handlers import subscribe
 from services.scheduler.service import Scheduler
 from shared.asyncapi import Published
+from shared.kafka import ensure_topics
 from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
@@ -30,7 +31,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     def wire(runtime: Runtime) -> None:
         relay = OutboxRelay(
-            runtime.sessions, runtime.broker, topics=runtime.topics.all(), service="scheduler"
+            runtime.sessions,
+            runtime.broker,
+            topics=runtime.topics.all(),
+            service="scheduler",
+            recreate_topics=lambda: ensure_topics(settings),
         )
         scheduler = Scheduler(
             runtime.sessions, runtime.broker, runtime.topics, settings, on_commit=relay.wake
