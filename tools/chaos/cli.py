@@ -183,12 +183,16 @@ async def soak(args: argparse.Namespace, workdir: Path, stack: Stack) -> Figures
             say(f"mailing {edited.id} edited (filter and text)")
 
         await asyncio.gather(runner.run(t0, args.duration), edit())
-        rest = workload.end.timestamp() - time.time()
-        if rest > 0:
-            say(f"faults done; the last stop time is in {rest:.0f}s")
-            await asyncio.sleep(rest)
-    say("waiting for the drain")
+    # the drain is timed from the end of the last fault; the final figures are read once
+    # the last stop time has passed too
+    say("faults done; waiting for the drain")
     ok, drained_at, view = await wait_drained(stack.postgres.conninfo, args.drain_timeout)
+    rest = workload.end.timestamp() - time.time()
+    if rest > 0:
+        say(f"drained; the last stop time is in {rest:.0f}s")
+        await asyncio.sleep(rest)
+    if ok:  # still drained at the end?
+        ok, _, view = await wait_drained(stack.postgres.conninfo, args.drain_timeout)
     if view is None:
         view = await asyncio.to_thread(read_database, stack.postgres.conninfo)
     ledger = await read_ledger(stack.sandbox.control_url)
@@ -201,14 +205,6 @@ async def soak(args: argparse.Namespace, workdir: Path, stack: Stack) -> Figures
     assert stack.supervisor is not None
     figures.services = stack.supervisor.summary()
     figures.faults = runner.as_json()
-    # how much sending each fault met: acceptances within 5 s of its start or its end
-    times = sorted(float(entry["at_epoch"]) for entry in ledger)
-    for fault in figures.faults:
-        low, high = fault["started_at"] - 5, fault["ended_at"] + 5
-        fault["accepted_around"] = bisect.bisect_right(times, high) - bisect.bisect_left(times, low)
-    if times:
-        figures.settings["accepted_from_s"] = round(times[0] - workload.t0.timestamp(), 1)
-        figures.settings["accepted_until_s"] = round(times[-1] - workload.t0.timestamp(), 1)
     figures.settings = {
         "clients": args.clients,
         "duration_s": args.duration,
@@ -220,6 +216,14 @@ async def soak(args: argparse.Namespace, workdir: Path, stack: Stack) -> Figures
         "postgres": stack.postgres.description,
         "workdir": str(workdir),
     }
+    # how much sending each fault met: acceptances within 5 s of its start or its end
+    times = sorted(float(entry["at_epoch"]) for entry in ledger)
+    for fault in figures.faults:
+        low, high = fault["started_at"] - 5, fault["ended_at"] + 5
+        fault["accepted_around"] = bisect.bisect_right(times, high) - bisect.bisect_left(times, low)
+    if times:
+        figures.settings["accepted_from_s"] = round(times[0] - workload.t0.timestamp(), 1)
+        figures.settings["accepted_until_s"] = round(times[-1] - workload.t0.timestamp(), 1)
     return figures
 
 

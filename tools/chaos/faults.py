@@ -2,9 +2,9 @@
 restart, a Kafka broker restart and a gateway outage (sandbox faults run all along).
 
 The schedule spreads the events evenly over `[0.08 D, 0.75 D]` of the fault phase; one
-runs after the other (a slow restart pushes the rest back). Every event is logged with
-its start and end (epoch seconds): the report needs the dispatcher kills' instants and
-the end of the last fault.
+runs after the other, at least half a slot apart (a slow restart pushes the rest back).
+Every event is logged with its start and end (epoch seconds): the report needs the
+dispatcher kills' instants and the end of the last fault.
 """
 
 from __future__ import annotations
@@ -104,11 +104,17 @@ class FaultRunner:
             return
         first, last = 0.08 * duration_s, 0.75 * duration_s
         gap = (last - first) / max(1, len(events) - 1)
+        previous_end = 0.0
         for index, (kind, target) in enumerate(events):
-            delay = t0_monotonic + first + index * gap - time.monotonic()
+            # on its slot, and never right on the heels of the previous fault (a slow
+            # restart pushes the rest back): traffic must have resumed for a fault to
+            # meet it
+            at = max(t0_monotonic + first + index * gap, previous_end + gap / 2)
+            delay = at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._one(kind, target)
+            previous_end = time.monotonic()
 
     async def _one(self, kind: str, target: str) -> None:
         started = time.time()

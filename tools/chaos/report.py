@@ -306,6 +306,16 @@ def render(figures: Figures) -> str:
             f"  counter mailing {mismatch['mailing_id']} {mismatch['status']}: "
             f"{mismatch['counter']} vs COUNT(*) {mismatch['count']}"
         )
+    if f.faults:
+        lines.append(
+            "faults (accepted sends within 5 s): "
+            + ", ".join(
+                f"{fault['kind']} {fault['target']} "
+                f"{datetime.fromtimestamp(fault['started_at'], UTC):%H:%M:%S} "
+                f"({fault.get('accepted_around', '?')})"
+                for fault in f.faults
+            )
+        )
     if f.error_log_lines:
         lines.append(
             "ERROR log lines: "

@@ -14,13 +14,16 @@ The mailings (`D` is the duration of the fault phase, `t0` its start):
 
 * `plain`    tag `a`, no window, stop a day later: every tagged client expects one.
 * `stopping` tag `b`, window opening for Moscow at `t0 + 0.15 D` (rounded up to the
-  minute), stop time `0.4 D` after that opening: inside the run.
+  minute), stop time `0.4 D` after that opening, and at least the sending lease plus
+  30 s after the fault phase (`0.75 D`): a dispatcher killed at the last fault holds its
+  claimed messages for a lease, and that alone must not make them miss the stop.
 * `edited`   tag `c`, window opening for Moscow at `0.2 D` after the edit (rounded up),
-  stop `0.35 D` after that opening. At `t0 + 0.25 D` a PUT changes its text and its
-  filter to tag `ckeep`: every `c` client whose window is open before the edit also
-  has `ckeep` (it may have been sent already, and it stays in), and half of the others
-  have it. The other half are excluded by the edit *before their window opens*, so
-  they cannot have been sent anything: they expect nothing.
+  stop `0.35 D` after that opening (and `0.05 D` after the stopping one's bound). At
+  `t0 + 0.25 D` a PUT changes its text and its filter to tag `ckeep`: every `c` client
+  whose window is open before the edit also has `ckeep` (it may have been sent
+  already, and it stays in), and half of the others have it. The other half are
+  excluded by the edit *before their window opens*, so they cannot have been sent
+  anything: they expect nothing.
 * `late`     tag `d` and operator codes 900-949, no window, start at `t0 + 0.5 D`: a
   second wave of sending while the faults go on.
 
@@ -43,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from shared.settings import Settings
 from shared.windows import Window, next_allowed
 
 if TYPE_CHECKING:
@@ -58,6 +62,8 @@ ZONES: tuple[tuple[str, float], ...] = (
     ("America/New_York", 0.10),
 )
 WINDOW_LENGTH = timedelta(hours=3)
+LEASE_S = float(Settings.model_fields["sending_lease_s"].default)
+STOP_MARGIN_S = 30.0
 CONCURRENCY = 8
 
 
@@ -195,13 +201,16 @@ def plan_mailings(duration_s: float, seed: int, t0: datetime) -> list[MailingSpe
     edit_at = t0 + part(0.25)
     opens_edited = ceil_minute(edit_at + part(0.2))
     far = t0 + timedelta(days=1)
+    # A message claimed by a dispatcher killed at the last fault comes back after the
+    # lease: the stop times leave that long, and more, after the fault phase.
+    after_faults = t0 + part(0.75) + timedelta(seconds=LEASE_S + STOP_MARGIN_S)
     return [
         MailingSpec("plain", f"chaos {seed} plain", t0, far, ["a"]),
         MailingSpec(
             "stopping",
             f"chaos {seed} stopping",
             t0,
-            opens_stopping + part(0.4),
+            max(opens_stopping + part(0.4), after_faults),
             ["b"],
             window=window_opening_at(opens_stopping),
         ),
@@ -209,7 +218,7 @@ def plan_mailings(duration_s: float, seed: int, t0: datetime) -> list[MailingSpe
             "edited",
             f"chaos {seed} edited v1",
             t0,
-            opens_edited + part(0.35),
+            max(opens_edited + part(0.35), after_faults + part(0.05)),
             ["c"],
             window=window_opening_at(opens_edited),
             edit_text=f"chaos {seed} edited v2",
