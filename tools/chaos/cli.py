@@ -42,7 +42,7 @@ PENDING = ("scheduled", "queued", "sending", "retrying")
 PRESETS: dict[str, dict[str, Any]] = {
     # `make chaos`: about 10 minutes of faults, then the drain
     "full": {
-        "clients": 9000,
+        "clients": 6000,
         "duration": 600.0,
         "kills": 3,
         "postgres_restarts": 2,
