@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,8 +111,17 @@ async def wait_drained(conninfo: str, limit_s: float) -> tuple[bool, float, Data
                 return True, time.time(), view
             if time.monotonic() - last_note > 30:
                 last_note = time.monotonic()
-                pending = sum(1 for s in view.statuses.values() if s in PENDING)
-                say(f"drain: {pending} pending, outbox {view.unpublished_outbox}")
+                pending = Counter(s for s in view.statuses.values() if s in PENDING)
+                waiting = " ".join(f"{status}={n}" for status, n in sorted(pending.items()))
+                behind = sum(
+                    1
+                    for cell in set(view.counts) | set(view.counters)
+                    if view.counts.get(cell, 0) != view.counters.get(cell, 0)
+                )
+                say(
+                    f"drain: pending {waiting or 'none'}, counters wrong in {behind} cells, "
+                    f"outbox {view.unpublished_outbox}"
+                )
         if time.monotonic() > deadline:
             return False, time.time(), view
         await asyncio.sleep(2.0)
