@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway replay-dlq bench report-now logs
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -16,6 +16,8 @@ help:
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
+	@echo "make chaos      chaos soak (~25 min): kills, restarts, outage; one table, exit 1 if a target is missed"
+	@echo "                CHAOS_ARGS='--duration 300 --clients 5000 --seed 2 --json out.json' (--preset quick, --faults off)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,3 +93,10 @@ bench: venv
 FORMAT ?= pretty
 logs: venv
 	@$(BIN)/python -m tools.logs --format $(FORMAT) $(if $(MAILING),--mailing $(MAILING)) $(if $(MESSAGE),--message $(MESSAGE)) $(if $(CLIENT),--client $(CLIENT)) $(FILE)
+
+# The chaos soak: its own PostgreSQL, Kafka, sandbox (with faults) and every service
+# (two dispatchers) under a supervisor; kill -9 of each service, PostgreSQL and Kafka
+# restarts, a gateway outage. Prints one table; exit 1 when a target is missed.
+CHAOS_ARGS ?=
+chaos: venv
+	$(BIN)/python -m tools.chaos $(CHAOS_ARGS)
