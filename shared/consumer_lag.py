@@ -17,7 +17,9 @@ keeps its assignment and heartbeats but stops handing out records). The process 
 `consumer_stalled` with the details and exits with `EXIT_CONSUMER_STALLED`, so its
 supervisor restarts it. A paused partition is waiting on purpose (the dispatcher's
 retry tiers hold a partition until `not_before`, the circuit breaker holds every
-partition), and a partition without lag has nothing to do: both restart the clock.
+partition), and so is every partition of a consumer whose handler is failing and
+backing off (`shared.consuming`); a partition without lag has nothing to do: all of
+these restart the clock.
 """
 
 from __future__ import annotations
@@ -328,6 +330,20 @@ def subscriber_consumers(broker: KafkaBroker) -> list[tuple[str, WatchedConsumer
     return found
 
 
+class _BackingOff:
+    """A consumer whose handler is failing and backing off (`shared.consuming`): it waits
+    on purpose, like a paused one, so the watchdog must not take it for stalled."""
+
+    def __init__(self, consumer: WatchedConsumer) -> None:
+        self.consumer = consumer
+
+    def assignment(self) -> Collection[TopicPartition]:
+        return self.consumer.assignment()
+
+    def paused(self) -> Collection[TopicPartition]:
+        return self.consumer.assignment()
+
+
 def exit_process(request_exit: Callable[[int], None] | None) -> Callable[[list[Stall]], None]:
     """What the watchdog does on a stall: stop the process with EXIT_CONSUMER_STALLED.
 
@@ -363,9 +379,17 @@ async def watch_consumers(runtime: Runtime, request_exit: Callable[[int], None] 
             await offsets.close()
             log.warning("consumer_lag_start_failed", error=repr(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
+
+    def consumers() -> list[tuple[str, WatchedConsumer]]:
+        failing = runtime.consumers.failing_groups()
+        return [
+            (group, _BackingOff(consumer) if group in failing else consumer)
+            for group, consumer in subscriber_consumers(runtime.broker)
+        ]
+
     monitor = LagMonitor(
         runtime.service,
-        lambda: subscriber_consumers(runtime.broker),
+        consumers,
         offsets,
         StallWatchdog(settings.consumer_stall_s),
         exit_process(request_exit),

@@ -170,3 +170,13 @@ REPORTS = Counter(
     "Report emails the SMTP server accepted or did not take, by kind (daily, on_request).",
     ["kind", "outcome"],
 )
+CONSUMER_HANDLER_FAILURES = Counter(
+    f"{PREFIX}_consumer_handler_failures_total",
+    "Kafka handler attempts that failed; their records were not committed and are retried.",
+    ["service", "topic"],
+)
+CONSUMER_FAILING = Gauge(
+    f"{PREFIX}_consumer_failing_info",
+    "1 while a Kafka consumer's handler keeps failing (retrying with backoff), else 0.",
+    ["service", "topic"],
+)

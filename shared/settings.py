@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     # 0 disables. The default matches the dispatcher's max_poll_interval: a batch may
     # legitimately take that long.
     consumer_stall_s: float = Field(default=600.0, ge=0)
+    # A handler that fails is retried with the same records after a wait doubling from
+    # the minimum to the maximum. The maximum stays well below Kafka's max poll interval
+    # (300 s by default) so the consumer keeps its group membership.
+    consumer_retry_min_s: PositiveFloat = 0.5
+    consumer_retry_max_s: float = Field(default=30.0, gt=0, le=120)
 
     # --- logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,0 +1,148 @@
+"""Kafka handlers that fail: retry the same records, back off, say so.
+
+Every subscriber of the project runs with `AckPolicy.NACK_ON_ERROR` and its handler
+wrapped by `ConsumerHealth.guard`:
+
+- success: FastStream commits the consumer's positions (`consumer.commit()`), so a
+  record is committed only after the handler returned, i.e. after its effect committed
+  in PostgreSQL;
+- failure: the wrapper records it, waits (exponential backoff from
+  `CONSUMER_RETRY_MIN_S`, doubling up to `CONSUMER_RETRY_MAX_S`) and raises
+  `NackMessage`. FastStream then seeks every partition of the record (or batch) back to
+  its earliest record and commits nothing: the next poll hands out the same records.
+  `NackMessage` is a FastStream "handled" exception: no ERROR line and no traceback per
+  attempt; the wrapper logs one warning when a consumer starts failing and one info
+  when it recovers, with the number of failed attempts.
+
+The backoff waits inside the handler, so the consumer does not poll meanwhile; its
+heartbeats go on (aiokafka sends them from a task of their own), and the wait is
+capped well below `max_poll_interval_ms` (300 s by default, 600 s for the dispatcher
+and the reporter), so the consumer keeps its group membership. A failing consumer is
+also exempt from the stall watchdog (`shared.consumer_lag`): it is waiting on purpose.
+
+While a consumer fails, `/ready` answers 503 with a check `consumer:<group>` naming the
+error, `notifications_consumer_failing_info{service,topic}` is 1, and
+`notifications_consumer_handler_failures_total{service,topic}` counts the attempts.
+
+Records that can never be handled (unreadable JSON, an unknown event) are the handler's
+business: it logs and skips them, since retrying them would block the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ParamSpec
+
+from faststream.exceptions import NackMessage
+
+from shared.logging import get_logger
+from shared.metrics import CONSUMER_FAILING, CONSUMER_HANDLER_FAILURES
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+log = get_logger(__name__)
+P = ParamSpec("P")
+
+
+def backoff_s(failures: int, minimum: float, maximum: float) -> float:
+    """The wait after the `failures`-th failure in a row: doubling from `minimum`."""
+    return min(maximum, minimum * 2.0 ** min(max(failures - 1, 0), 32))
+
+
+@dataclass
+class Failure:
+    topic: str
+    error: str
+    attempts: int
+    since: float
+
+
+@dataclass
+class ConsumerHealth:
+    """The process's failing consumers, by group id; read by `/ready`."""
+
+    service: str
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+    failing: dict[str, Failure] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def checks(self) -> dict[str, str]:
+        """`/ready` checks of the failing consumers: `consumer:<group>` -> reason."""
+        return {
+            f"consumer:{group}": (
+                f"failing on {failure.topic} ({failure.attempts} attempts): {failure.error}"
+            )[:300]
+            for group, failure in self.failing.items()
+        }
+
+    def failing_groups(self) -> set[str]:
+        return set(self.failing)
+
+    def stop(self) -> None:
+        """Shutdown: end backoff waits now (the records stay uncommitted)."""
+        self.stopping.set()
+
+    def guard(
+        self, group: str, topic: str
+    ) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, Awaitable[None]]]:
+        """Wrap a FastStream handler: on failure back off, then nack (see module doc)."""
+
+        CONSUMER_FAILING.labels(self.service, topic).set(0)
+
+        def decorate(handler: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+            @functools.wraps(handler)  # FastStream reads the signature through __wrapped__
+            async def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+                try:
+                    await handler(*args, **kwargs)
+                except (asyncio.CancelledError, NackMessage):
+                    raise
+                except Exception as exc:
+                    await self._failed(group, topic, exc)
+                    raise NackMessage() from exc
+                self._succeeded(group, topic)
+
+            return guarded
+
+        return decorate
+
+    async def _failed(self, group: str, topic: str, exc: Exception) -> None:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {reason}"[:300] if reason else type(exc).__name__
+        failure = self.failing.get(group)
+        if failure is None:
+            failure = self.failing[group] = Failure(topic, error, 0, time.monotonic())
+            log.warning(
+                "consumer_failing",
+                group=group,
+                topic=topic,
+                error=error,
+                action="retrying the same records with backoff; nothing is committed",
+            )
+        failure.attempts += 1
+        failure.error = error
+        CONSUMER_HANDLER_FAILURES.labels(self.service, topic).inc()
+        CONSUMER_FAILING.labels(self.service, topic).set(1)
+        wait = backoff_s(failure.attempts, self.retry_min_s, self.retry_max_s)
+        log.debug("consumer_retry_wait", group=group, topic=topic, wait_s=wait)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.stopping.wait()
+
+    def _succeeded(self, group: str, topic: str) -> None:
+        failure = self.failing.pop(group, None)
+        if failure is None:
+            return
+        CONSUMER_FAILING.labels(self.service, topic).set(0)
+        log.info(
+            "consumer_recovered",
+            group=group,
+            topic=topic,
+            failed_attempts=failure.attempts,
+            failing_s=round(time.monotonic() - failure.since, 1),
+        )
