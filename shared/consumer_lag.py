@@ -39,7 +39,7 @@ from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
     from faststream.kafka import KafkaBroker
 
@@ -278,6 +278,22 @@ class LagMonitor:
             await asyncio.sleep(interval_s)
 
 
+def consumed_up_to(
+    ends: Mapping[TopicPartition, int],
+    committed: Mapping[TopicPartition, int | None],
+    beginnings: Mapping[TopicPartition, int],
+) -> bool:
+    """Whether a group has committed every partition up to `ends` (offsets read earlier).
+
+    A partition's log start counts as committed: records below it no longer exist, so
+    none of them can still be waiting.
+    """
+    for tp, end in ends.items():
+        if max(committed.get(tp) or 0, beginnings.get(tp, 0)) < end:
+            return False
+    return True
+
+
 class KafkaOffsets:
     """OffsetSource on clients of its own: an admin client and a group-less consumer."""
 
@@ -302,6 +318,16 @@ class KafkaOffsets:
 
     async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return dict(await self._probe.end_offsets(list(partitions)))
+
+    async def partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        """Every partition of `topics` (those that exist), from the cluster's metadata."""
+        described = await self._admin.describe_topics(list(topics))
+        return sorted(
+            TopicPartition(topic["topic"], partition["partition"])
+            for topic in described
+            if not topic.get("error_code")
+            for partition in topic["partitions"]
+        )
 
     async def beginning_offsets(
         self, partitions: Sequence[TopicPartition]

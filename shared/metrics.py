@@ -115,6 +115,11 @@ SCHEDULER_BACKLOG = Gauge(
     f"{PREFIX}_scheduler_due_backlog_messages",
     "Messages due now or earlier that are not yet queued (due-but-unsent backlog).",
 )
+SCHEDULER_REDRIVEN = Counter(
+    f"{PREFIX}_scheduler_redriven_messages_total",
+    "Queued or retrying messages whose send command was gone from Kafka: re-published.",
+    ["status"],
+)
 GATEWAY_LATENCY = Histogram(
     f"{PREFIX}_gateway_request_duration_seconds",
     "Gateway call latency by outcome (ok, transient, permanent, auth).",

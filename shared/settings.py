@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     sending_lease_s: PositiveFloat = 60.0
     # A message `queued` longer than this has its send command published again.
     requeue_after_s: PositiveFloat = 3600.0
+    # Re-drive (services/scheduler/redrive.py): how often the scheduler looks for
+    # `queued`/`retrying` messages whose command the dispatcher has consumed past (0
+    # disables), and the time allowed between a status change and its command in Kafka.
+    redrive_interval_s: float = Field(default=60.0, ge=0)
+    redrive_grace_s: PositiveFloat = 60.0
     dispatcher_batch_size: PositiveInt = 500
     # Circuit breaker: open after this many transient failures in a row...
     breaker_failures: PositiveInt = 20
