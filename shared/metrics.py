@@ -170,6 +170,17 @@ MAILING_STATUS = Gauge(
     "(the one id label: bounded by the number of recent mailings).",
     ["mailing_id", "status"],
 )
+REPORTER_COUNTER_DRIFT = Gauge(
+    f"{PREFIX}_reporter_counter_drift_messages",
+    "Drift the last reconciliation found, summed over active mailings: COUNT(*) minus "
+    "events in flight minus the counter (0 when the counters are exact).",
+    ["status"],
+)
+REPORTER_COUNTER_CORRECTIONS = Counter(
+    f"{PREFIX}_reporter_counter_corrections_total",
+    "Per-mailing counters the reconciliation corrected, by status.",
+    ["status"],
+)
 REPORTS = Counter(
     f"{PREFIX}_reporter_reports_total",
     "Report emails the SMTP server accepted or did not take, by kind (daily, on_request).",

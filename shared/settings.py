@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # How long the reporter remembers applied status events (its de-duplication window;
     # keep it at least the topic's retention).
     processed_event_retention_h: PositiveFloat = 168.0
+    # How often one reporter reconciles the counters of active mailings with COUNT(*)
+    # (services/reporter/reconcile.py); 0 disables.
+    reporter_reconcile_interval_s: float = Field(default=60.0, ge=0)
 
     # --- Kafka consumers' health ----------------------------------------------------
     # How often each service measures its consumers' lag (the consumer lag gauge).
