@@ -7,9 +7,10 @@ wrapped by `ConsumerHealth.guard`:
   record is committed only after the handler returned, i.e. after its effect committed
   in PostgreSQL;
 - failure: the wrapper records it, waits (exponential backoff from
-  `CONSUMER_RETRY_MIN_S`, doubling up to `CONSUMER_RETRY_MAX_S`) and raises
-  `NackMessage`. FastStream then seeks every partition of the record (or batch) back to
-  its earliest record and commits nothing: the next poll hands out the same records.
+  `CONSUMER_RETRY_MIN_S`, doubling up to `CONSUMER_RETRY_MAX_S`), seeks every partition
+  of the record (or batch) still assigned to the consumer back to its earliest record,
+  and raises `NackMessage`: nothing is committed and the next poll hands out the same
+  records. (Handlers take the `KafkaMessage`; without it FastStream's own nack seeks.)
   `NackMessage` is a FastStream "handled" exception: no ERROR line and no traceback per
   attempt; the wrapper logs one warning when a consumer starts failing and one info
   when it recovers, with the number of failed attempts.
@@ -35,9 +36,12 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec
 
+from aiokafka import TopicPartition
 from faststream.exceptions import NackMessage
+from faststream.kafka.message import KafkaMessage  # the class (faststream.kafka's is an alias)
+from faststream.message import AckStatus
 
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_FAILING, CONSUMER_HANDLER_FAILURES
@@ -52,6 +56,37 @@ P = ParamSpec("P")
 def backoff_s(failures: int, minimum: float, maximum: float) -> float:
     """The wait after the `failures`-th failure in a row: doubling from `minimum`."""
     return min(maximum, minimum * 2.0 ** min(max(failures - 1, 0), 32))
+
+
+def _kafka_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KafkaMessage | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, KafkaMessage):
+            return value
+    return None
+
+
+def rewind(message: KafkaMessage) -> bool:
+    """Seek each partition of the record (or batch) that is still assigned to this
+    consumer back to its earliest record; partitions a rebalance took away are left to
+    their new owner, which starts from the committed offset. False if it could not."""
+    records = message.raw_message
+    if not isinstance(records, tuple):
+        records = (records,)
+    earliest: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        if tp not in earliest or record.offset < earliest[tp]:
+            earliest[tp] = record.offset
+    consumer = message.consumer
+    try:
+        assigned = set(consumer.assignment())  # type: ignore[attr-defined]
+        for tp, offset in earliest.items():
+            if tp in assigned:
+                consumer.seek(tp, offset)
+    except Exception as exc:  # a consumer being stopped: nothing to rewind
+        log.debug("consumer_rewind_failed", error=repr(exc))
+        return False
+    return True
 
 
 @dataclass
@@ -104,6 +139,11 @@ class ConsumerHealth:
                     raise
                 except Exception as exc:
                     await self._failed(group, topic, exc)
+                    message = _kafka_message(args, kwargs)
+                    if message is not None and rewind(message):
+                        # Done here, partition by partition: FastStream's own nack
+                        # stops at the first partition a rebalance took away.
+                        message.committed = AckStatus.NACKED
                     raise NackMessage() from exc
                 self._succeeded(group, topic)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
+from faststream.kafka import KafkaBroker, KafkaMessage
 
 from shared.consuming import ConsumerHealth, backoff_s
 from shared.kafka import create_broker
@@ -239,6 +241,66 @@ async def test_a_failing_batch_is_redelivered_whole_and_committed_only_after_suc
     assert backoff_s(1, 0.5, 30) == 0.5
     assert backoff_s(4, 0.5, 30) == 4
     assert backoff_s(99, 0.5, 30) == 30
+
+
+async def test_a_rebalance_while_a_batch_fails_loses_no_record(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Consumer A fails and backs off; B joins the group and takes partitions meanwhile.
+    A rewinds only what it still owns (FastStream's own nack stops at the first partition
+    it no longer owns, with a CRITICAL line, leaving the rest un-rewound); B starts from
+    the committed offsets; every record ends handled and committed."""
+    topic = await _topic(settings, 3)
+    group = f"{topic}-group"
+    handled: list[int] = []
+    healthy = asyncio.Event()
+    first = create_broker(settings, client_id="guard-a")
+    second = create_broker(settings, client_id="guard-b")
+    health_a = ConsumerHealth("a", retry_min_s=1.0, retry_max_s=1.0)
+    health_b = ConsumerHealth("b", retry_min_s=0.1, retry_max_s=0.1)
+
+    def register(broker: KafkaBroker, health: ConsumerHealth, fails: bool) -> None:
+        @broker.subscriber(
+            topic,
+            batch=True,
+            max_records=100,
+            batch_timeout_ms=200,
+            group_id=group,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+        )
+        @health.guard(group, topic)
+        async def handle(bodies: list[Any], message: KafkaMessage) -> None:
+            if fails and not healthy.is_set():
+                raise RuntimeError("A fails")
+            handled.extend(body["n"] for body in bodies)
+
+    register(first, health_a, fails=True)
+    register(second, health_b, fails=False)
+    await _produce(settings, topic, 30)
+    async with first, second:
+        await first.start()
+        await eventually(
+            lambda: asyncio.sleep(0, result=bool(health_a.failing)),
+            lambda failing: failing,
+            what="A failing",
+        )
+        await second.start()  # the group rebalances while A fails
+        await eventually(
+            lambda: asyncio.sleep(0, result=len(handled)),
+            lambda count: count > 0,
+            timeout=60,
+            what="B handling the partitions it took",
+        )
+        healthy.set()
+        await eventually(
+            lambda: _committed(settings, group, topic),
+            lambda offsets: sum(offsets.values()) == 30,
+            timeout=60,
+            what="every record committed",
+        )
+    assert sorted(set(handled)) == list(range(30))
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
 
 
 # --- each service, end to end -------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
 from pydantic import ValidationError
 
 from shared.asyncapi import ClientEventRecord, MailingEventRecord
@@ -52,7 +53,7 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         description="Activates started mailings at once; re-plans edited ones.",
     )
     @health.guard(mailings_group, topics.mailing_events)
-    async def on_mailing_event(body: MailingEventRecord) -> None:
+    async def on_mailing_event(body: MailingEventRecord, message: KafkaMessage) -> None:
         clear_context()
         try:
             event = mailing_event_adapter.validate_python(body)
@@ -78,7 +79,7 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         description="Re-plans a client's scheduled messages when its time zone changes.",
     )
     @health.guard(clients_group, topics.client_events)
-    async def on_client_event(body: ClientEventRecord) -> None:
+    async def on_client_event(body: ClientEventRecord, message: KafkaMessage) -> None:
         clear_context()
         try:
             event = client_event_adapter.validate_python(body)
