@@ -21,9 +21,11 @@ capped well below `max_poll_interval_ms` (300 s by default, 600 s for the dispat
 and the reporter), so the consumer keeps its group membership. A failing consumer is
 also exempt from the stall watchdog (`shared.consumer_lag`): it is waiting on purpose.
 
-While a consumer fails, `/ready` answers 503 with a check `consumer:<group>` naming the
-error, `notifications_consumer_failing_info{service,topic}` is 1, and
-`notifications_consumer_handler_failures_total{service,topic}` counts the attempts.
+While a consumer fails (until it succeeds, or a rebalance gives every failing partition
+to another consumer, which retries them there), `/ready` answers 503 with a check
+`consumer:<group>` naming the error, `notifications_consumer_failing_info{service,topic}`
+is 1, and `notifications_consumer_handler_failures_total{service,topic}` counts the
+attempts.
 
 Records that can never be handled (unreadable JSON, an unknown event) are the handler's
 business: it logs and skips them, since retrying them would block the partition.
@@ -65,10 +67,8 @@ def _kafka_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KafkaMessag
     return None
 
 
-def rewind(message: KafkaMessage) -> bool:
-    """Seek each partition of the record (or batch) that is still assigned to this
-    consumer back to its earliest record; partitions a rebalance took away are left to
-    their new owner, which starts from the committed offset. False if it could not."""
+def _partitions(message: KafkaMessage) -> dict[TopicPartition, int]:
+    """Each partition of the record (or batch), with its earliest offset."""
     records = message.raw_message
     if not isinstance(records, tuple):
         records = (records,)
@@ -77,6 +77,14 @@ def rewind(message: KafkaMessage) -> bool:
         tp = TopicPartition(record.topic, record.partition)
         if tp not in earliest or record.offset < earliest[tp]:
             earliest[tp] = record.offset
+    return earliest
+
+
+def rewind(message: KafkaMessage) -> bool:
+    """Seek each partition of the record (or batch) that is still assigned to this
+    consumer back to its earliest record; partitions a rebalance took away are left to
+    their new owner, which starts from the committed offset. False if it could not."""
+    earliest = _partitions(message)
     consumer = message.consumer
     try:
         assigned = set(consumer.assignment())  # type: ignore[attr-defined]
@@ -95,6 +103,19 @@ class Failure:
     error: str
     attempts: int
     since: float
+    # The failing records' consumer and partitions, when the handler gave its message.
+    consumer: Any = None
+    partitions: frozenset[TopicPartition] = frozenset()
+
+    def handed_over(self) -> bool:
+        """Whether a rebalance gave every failing partition to another consumer: the
+        records are retried there, and this consumer has nothing left failing."""
+        if self.consumer is None or not self.partitions:
+            return False
+        try:
+            return not (self.partitions & set(self.consumer.assignment()))
+        except Exception:
+            return False
 
 
 @dataclass
@@ -109,6 +130,7 @@ class ConsumerHealth:
 
     def checks(self) -> dict[str, str]:
         """`/ready` checks of the failing consumers: `consumer:<group>` -> reason."""
+        self._forget_handed_over()
         return {
             f"consumer:{group}": (
                 f"failing on {failure.topic} ({failure.attempts} attempts): {failure.error}"
@@ -117,7 +139,13 @@ class ConsumerHealth:
         }
 
     def failing_groups(self) -> set[str]:
+        self._forget_handed_over()
         return set(self.failing)
+
+    def _forget_handed_over(self) -> None:
+        for group, failure in list(self.failing.items()):
+            if failure.handed_over():
+                self._succeeded(group, failure.topic, handed_over=True)
 
     def stop(self) -> None:
         """Shutdown: end backoff waits now (the records stay uncommitted)."""
@@ -138,8 +166,8 @@ class ConsumerHealth:
                 except (asyncio.CancelledError, NackMessage):
                     raise
                 except Exception as exc:
-                    await self._failed(group, topic, exc)
                     message = _kafka_message(args, kwargs)
+                    await self._failed(group, topic, exc, message)
                     if message is not None and rewind(message):
                         # Done here, partition by partition: FastStream's own nack
                         # stops at the first partition a rebalance took away.
@@ -151,7 +179,9 @@ class ConsumerHealth:
 
         return decorate
 
-    async def _failed(self, group: str, topic: str, exc: Exception) -> None:
+    async def _failed(
+        self, group: str, topic: str, exc: Exception, message: KafkaMessage | None
+    ) -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{type(exc).__name__}: {reason}"[:300] if reason else type(exc).__name__
         failure = self.failing.get(group)
@@ -166,6 +196,9 @@ class ConsumerHealth:
             )
         failure.attempts += 1
         failure.error = error
+        if message is not None:
+            failure.consumer = message.consumer
+            failure.partitions = frozenset(_partitions(message))
         CONSUMER_HANDLER_FAILURES.labels(self.service, topic).inc()
         CONSUMER_FAILING.labels(self.service, topic).set(1)
         wait = backoff_s(failure.attempts, self.retry_min_s, self.retry_max_s)
@@ -174,7 +207,7 @@ class ConsumerHealth:
             async with asyncio.timeout(wait):
                 await self.stopping.wait()
 
-    def _succeeded(self, group: str, topic: str) -> None:
+    def _succeeded(self, group: str, topic: str, *, handed_over: bool = False) -> None:
         failure = self.failing.pop(group, None)
         if failure is None:
             return
@@ -185,4 +218,5 @@ class ConsumerHealth:
             topic=topic,
             failed_attempts=failure.attempts,
             failing_s=round(time.monotonic() - failure.since, 1),
+            **({"handed_over": True} if handed_over else {}),
         )

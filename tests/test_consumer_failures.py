@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
-from shared.consuming import ConsumerHealth, backoff_s
+from shared.consuming import ConsumerHealth, Failure, backoff_s
 from shared.kafka import create_broker
 from tests.pipeline import Pipeline, libpq
 from tests.polling import eventually
@@ -301,6 +301,25 @@ async def test_a_rebalance_while_a_batch_fails_loses_no_record(
         )
     assert sorted(set(handled)) == list(range(30))
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
+
+
+class _Assigned:
+    def __init__(self, *partitions: TopicPartition) -> None:
+        self.partitions = set(partitions)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.partitions
+
+
+def test_a_failure_whose_partitions_went_to_another_consumer_is_forgotten() -> None:
+    health = ConsumerHealth("test")
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer = _Assigned(a, b)
+    health.failing["g"] = Failure("t", "E: boom", 3, 0.0, consumer, frozenset({a}))
+    assert set(health.checks()) == {"consumer:g"}
+    consumer.partitions = {b}  # a rebalance gave partition 0 to another consumer
+    assert health.checks() == {}
+    assert health.failing_groups() == set()
 
 
 # --- each service, end to end -------------------------------------------------------------
