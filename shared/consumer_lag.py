@@ -17,7 +17,9 @@ keeps its assignment and heartbeats but stops handing out records). The process 
 `consumer_stalled` with the details and exits with `EXIT_CONSUMER_STALLED`, so its
 supervisor restarts it. A paused partition is waiting on purpose (the dispatcher's
 retry tiers hold a partition until `not_before`, the circuit breaker holds every
-partition), and a partition without lag has nothing to do: both restart the clock.
+partition), and so is every partition of a consumer whose handler is failing and
+backing off (`shared.consuming`); a partition without lag has nothing to do: all of
+these restart the clock.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
     from faststream.kafka import KafkaBroker
 
@@ -276,6 +278,22 @@ class LagMonitor:
             await asyncio.sleep(interval_s)
 
 
+def consumed_up_to(
+    ends: Mapping[TopicPartition, int],
+    committed: Mapping[TopicPartition, int | None],
+    beginnings: Mapping[TopicPartition, int],
+) -> bool:
+    """Whether a group has committed every partition up to `ends` (offsets read earlier).
+
+    A partition's log start counts as committed: records below it no longer exist, so
+    none of them can still be waiting.
+    """
+    for tp, end in ends.items():
+        if max(committed.get(tp) or 0, beginnings.get(tp, 0)) < end:
+            return False
+    return True
+
+
 class KafkaOffsets:
     """OffsetSource on clients of its own: an admin client and a group-less consumer."""
 
@@ -300,6 +318,16 @@ class KafkaOffsets:
 
     async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return dict(await self._probe.end_offsets(list(partitions)))
+
+    async def partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        """Every partition of `topics` (those that exist), from the cluster's metadata."""
+        described = await self._admin.describe_topics(list(topics))
+        return sorted(
+            TopicPartition(topic["topic"], partition["partition"])
+            for topic in described
+            if not topic.get("error_code")
+            for partition in topic["partitions"]
+        )
 
     async def beginning_offsets(
         self, partitions: Sequence[TopicPartition]
@@ -326,6 +354,20 @@ def subscriber_consumers(broker: KafkaBroker) -> list[tuple[str, WatchedConsumer
         if consumer is not None and group:
             found.append((group, consumer))
     return found
+
+
+class _BackingOff:
+    """A consumer whose handler is failing and backing off (`shared.consuming`): it waits
+    on purpose, like a paused one, so the watchdog must not take it for stalled."""
+
+    def __init__(self, consumer: WatchedConsumer) -> None:
+        self.consumer = consumer
+
+    def assignment(self) -> Collection[TopicPartition]:
+        return self.consumer.assignment()
+
+    def paused(self) -> Collection[TopicPartition]:
+        return self.consumer.assignment()
 
 
 def exit_process(request_exit: Callable[[int], None] | None) -> Callable[[list[Stall]], None]:
@@ -363,9 +405,17 @@ async def watch_consumers(runtime: Runtime, request_exit: Callable[[int], None] 
             await offsets.close()
             log.warning("consumer_lag_start_failed", error=repr(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
+
+    def consumers() -> list[tuple[str, WatchedConsumer]]:
+        failing = runtime.consumers.failing_groups()
+        return [
+            (group, _BackingOff(consumer) if group in failing else consumer)
+            for group, consumer in subscriber_consumers(runtime.broker)
+        ]
+
     monitor = LagMonitor(
         runtime.service,
-        lambda: subscriber_consumers(runtime.broker),
+        consumers,
         offsets,
         StallWatchdog(settings.consumer_stall_s),
         exit_process(request_exit),

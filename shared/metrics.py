@@ -115,6 +115,11 @@ SCHEDULER_BACKLOG = Gauge(
     f"{PREFIX}_scheduler_due_backlog_messages",
     "Messages due now or earlier that are not yet queued (due-but-unsent backlog).",
 )
+SCHEDULER_REDRIVEN = Counter(
+    f"{PREFIX}_scheduler_redriven_messages_total",
+    "Queued or retrying messages whose send command was gone from Kafka: re-published.",
+    ["status"],
+)
 GATEWAY_LATENCY = Histogram(
     f"{PREFIX}_gateway_request_duration_seconds",
     "Gateway call latency by outcome (ok, transient, permanent, auth).",
@@ -165,8 +170,29 @@ MAILING_STATUS = Gauge(
     "(the one id label: bounded by the number of recent mailings).",
     ["mailing_id", "status"],
 )
+REPORTER_COUNTER_DRIFT = Gauge(
+    f"{PREFIX}_reporter_counter_drift_messages",
+    "Drift the last reconciliation found, summed over active mailings: COUNT(*) minus "
+    "events in flight minus the counter (0 when the counters are exact).",
+    ["status"],
+)
+REPORTER_COUNTER_CORRECTIONS = Counter(
+    f"{PREFIX}_reporter_counter_corrections_total",
+    "Per-mailing counters the reconciliation corrected, by status.",
+    ["status"],
+)
 REPORTS = Counter(
     f"{PREFIX}_reporter_reports_total",
     "Report emails the SMTP server accepted or did not take, by kind (daily, on_request).",
     ["kind", "outcome"],
+)
+CONSUMER_HANDLER_FAILURES = Counter(
+    f"{PREFIX}_consumer_handler_failures_total",
+    "Kafka handler attempts that failed; their records were not committed and are retried.",
+    ["service", "topic"],
+)
+CONSUMER_FAILING = Gauge(
+    f"{PREFIX}_consumer_failing_info",
+    "1 while a Kafka consumer's handler keeps failing (retrying with backoff), else 0.",
+    ["service", "topic"],
 )

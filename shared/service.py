@@ -3,10 +3,10 @@
 Each service builds its FastAPI app with `create_service_app`, giving its routers, the
 function that registers its Kafka subscribers, and its own background work. The app
 serves `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer,
-and the service's consumers are started), `/metrics`, `/docs`, and `/asyncapi` (with
-`/asyncapi.json`): the AsyncAPI document of the topics it consumes and publishes. A
-service with Kafka consumers also measures their lag and runs the stall watchdog
-(`shared.consumer_lag`).
+the service's consumers are started and none of them is failing), `/metrics`, `/docs`,
+and `/asyncapi` (with `/asyncapi.json`): the AsyncAPI document of the topics it
+consumes and publishes. A service with Kafka consumers also measures their lag and runs
+the stall watchdog (`shared.consumer_lag`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from starlette.routing import Match
 
 from shared.asyncapi import declare_publishers, specification
 from shared.consumer_lag import watch_consumers
+from shared.consuming import ConsumerHealth
 from shared.db import create_engine, create_session_factory, ping
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
 from shared.logging import KAFKA_CLIENT_NOISE, Outage, get_logger
@@ -60,8 +61,17 @@ class Runtime:
     topics: Topics
     broker: KafkaBroker
     broker_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Failing Kafka handlers (see `shared.consuming`); built in __post_init__.
+    consumers: ConsumerHealth = field(init=False)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.consumers = ConsumerHealth(
+            self.service,
+            retry_min_s=self.settings.consumer_retry_min_s,
+            retry_max_s=self.settings.consumer_retry_max_s,
+        )
 
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Run `close` at shutdown, after the broker has stopped."""
@@ -185,6 +195,7 @@ async def readiness(runtime: Runtime) -> Check:
     )
     if results["kafka"] == "ok" and not runtime.broker_started.is_set():
         results["kafka"] = "unavailable: consumers not started yet"
+    results.update(runtime.consumers.checks())
     failing = [name for name, result in results.items() if result != "ok"]
     return Check(status="unavailable" if failing else "ready", checks=results, failing=failing)
 
@@ -235,6 +246,7 @@ def create_service_app(
             yield
         finally:
             log.info("service_stopping")
+            runtime.consumers.stop()
             for task in reversed(runtime.tasks):
                 task.cancel()
             await asyncio.gather(*runtime.tasks, return_exceptions=True)
@@ -262,7 +274,7 @@ def create_service_app(
     @app.get(
         "/ready",
         tags=["operations"],
-        summary="Readiness: PostgreSQL and Kafka answer, consumers started",
+        summary="Readiness: PostgreSQL and Kafka answer, consumers started and not failing",
         response_model=Check,
         responses={503: {"model": Check, "description": "A dependency is unavailable"}},
     )

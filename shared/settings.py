@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     sending_lease_s: PositiveFloat = 60.0
     # A message `queued` longer than this has its send command published again.
     requeue_after_s: PositiveFloat = 3600.0
+    # Re-drive (services/scheduler/redrive.py): how often the scheduler looks for
+    # `queued`/`retrying` messages whose command the dispatcher has consumed past (0
+    # disables), and the time allowed between a status change and its command in Kafka.
+    redrive_interval_s: float = Field(default=60.0, ge=0)
+    redrive_grace_s: PositiveFloat = 60.0
     dispatcher_batch_size: PositiveInt = 500
     # Circuit breaker: open after this many transient failures in a row...
     breaker_failures: PositiveInt = 20
@@ -105,6 +110,9 @@ class Settings(BaseSettings):
     # How long the reporter remembers applied status events (its de-duplication window;
     # keep it at least the topic's retention).
     processed_event_retention_h: PositiveFloat = 168.0
+    # How often one reporter reconciles the counters of active mailings with COUNT(*)
+    # (services/reporter/reconcile.py); 0 disables.
+    reporter_reconcile_interval_s: float = Field(default=60.0, ge=0)
 
     # --- Kafka consumers' health ----------------------------------------------------
     # How often each service measures its consumers' lag (the consumer lag gauge).
@@ -114,6 +122,11 @@ class Settings(BaseSettings):
     # 0 disables. The default matches the dispatcher's max_poll_interval: a batch may
     # legitimately take that long.
     consumer_stall_s: float = Field(default=600.0, ge=0)
+    # A handler that fails is retried with the same records after a wait doubling from
+    # the minimum to the maximum. The maximum stays well below Kafka's max poll interval
+    # (300 s by default) so the consumer keeps its group membership.
+    consumer_retry_min_s: PositiveFloat = 0.5
+    consumer_retry_max_s: float = Field(default=30.0, gt=0, le=120)
 
     # --- logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

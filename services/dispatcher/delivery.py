@@ -297,8 +297,12 @@ class Delivery:
                             "attempts": [m.attempt for m, _ in outcomes],
                             "statuses": [d.status.value for _, d in outcomes],
                             "errors": [d.error for _, d in outcomes],
+                            # A retry's not_before too: the scheduler's re-drive
+                            # judges a `retrying` message against it.
                             "dues": [
-                                d.due if d.status == MessageStatus.SCHEDULED else None
+                                d.due
+                                if d.status in (MessageStatus.SCHEDULED, MessageStatus.RETRYING)
+                                else None
                                 for _, d in outcomes
                             ],
                         },

@@ -1,7 +1,10 @@
 """Kafka entry points of the dispatcher: `message.send` and its retry tiers.
 
 Each topic has a FastStream batch subscriber. Commands are handled in batches; the
-offsets are committed only after the batch's outcomes are committed in PostgreSQL.
+offsets are committed only after the batch's outcomes are committed in PostgreSQL. A
+batch that fails (PostgreSQL down during the claim or the record) commits nothing: its
+partitions are sought back and the same commands are retried with backoff
+(`shared.consuming`).
 
 Waiting never happens inside a handler: a retry command whose `not_before` is still
 ahead, and every command while the circuit breaker is open, is left in Kafka. The
@@ -101,8 +104,9 @@ def subscribe(runtime: Runtime, delivery: Delivery, breaker: CircuitBreaker) -> 
         for tier in range(1, topics.retry_tiers + 1)
     ]
 
-    def make_handler(topic: str) -> Callable[..., Awaitable[None]]:
+    def make_handler(topic: str, group: str) -> Callable[..., Awaitable[None]]:
         # `bodies` is the batch; documented as what each record is (one command).
+        @runtime.consumers.guard(group, topic)
         async def handle(bodies: SendCommandRecord, message: KafkaMessage) -> None:
             clear_context()
             records = message.raw_message
@@ -126,8 +130,8 @@ def subscribe(runtime: Runtime, delivery: Delivery, breaker: CircuitBreaker) -> 
             batch_timeout_ms=50,
             group_id=group,
             auto_offset_reset="earliest",
-            ack_policy=AckPolicy.ACK,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
             max_poll_interval_ms=600_000,
             title=f"dispatcher: {topic}",
             description="Send commands: claim, call the gateway, record the outcome.",
-        )(make_handler(topic))
+        )(make_handler(topic, group))

@@ -1,7 +1,8 @@
 """Kafka entry point of the reporter: `message.status`, in batches.
 
 A batch is parsed, applied to the counters in one transaction, then its offsets are
-committed (at-least-once; the counters de-duplicate by event id).
+committed (at-least-once; the counters de-duplicate by event id). A batch that fails
+(PostgreSQL down) commits nothing and is retried with backoff (`shared.consuming`).
 """
 
 from __future__ import annotations
@@ -46,20 +47,22 @@ def parse(records: tuple[Any, ...]) -> list[StatusEvent]:
 def subscribe(runtime: Runtime, counters: Counters) -> None:
     broker, topics, settings = runtime.broker, runtime.topics, runtime.settings
     topic = topics.message_status
+    group = topics.group("reporter")
 
     @broker.subscriber(
         topic,
         batch=True,
         max_records=settings.reporter_batch_size,
         batch_timeout_ms=200,
-        group_id=topics.group("reporter"),
+        group_id=group,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.ACK,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         max_poll_interval_ms=600_000,
         title="reporter: message statuses",
         description="Per-mailing counts by status, applied once per event id.",
     )
     # `bodies` is the batch; documented as what each record is (one event).
+    @runtime.consumers.guard(group, topic)
     async def on_status_events(bodies: StatusEventRecord, message: KafkaMessage) -> None:
         clear_context()
         records = message.raw_message

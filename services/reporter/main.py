@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from services.reporter import daily
+from services.reporter import daily, reconcile
 from services.reporter.counters import Counters
 from services.reporter.handlers import subscribe
 from services.reporter.routes import reports
@@ -70,6 +70,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         runtime.spawn(
             _maintain(parts[-1], settings, runtime.broker_started), name="counter-maintenance"
         )
+        if settings.reporter_reconcile_interval_s > 0:
+            reconciler = reconcile.Reconciler(
+                runtime.engine,
+                runtime.sessions,
+                settings,
+                topic=runtime.topics.message_status,
+                group=runtime.topics.group("reporter"),
+            )
+            runtime.spawn(
+                reconcile.run(
+                    reconciler, settings.reporter_reconcile_interval_s, runtime.broker_started
+                ),
+                name="counter-reconcile",
+            )
         await start_reports(runtime, app)
 
     return create_service_app(

@@ -1,7 +1,9 @@
 """Kafka entry points of the scheduler: parse, bind ids, call one function.
 
 Events are hints: every handler reads the current rows, so a redelivered, duplicated
-or reordered event does the same thing as the first.
+or reordered event does the same thing as the first. A handler that fails (PostgreSQL
+down) commits nothing and is retried with backoff (`shared.consuming`); an unreadable
+event is logged and skipped.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from pydantic import ValidationError
 
 from shared.asyncapi import ClientEventRecord, MailingEventRecord
 from shared.events import (
@@ -30,20 +34,32 @@ log = get_logger(__name__)
 GROUP = "scheduler"
 
 
+def _unreadable(topic: str, exc: ValidationError) -> None:
+    log.error("event_unreadable", topic=topic, error=str(exc)[:300])
+    EVENTS_CONSUMED.labels("scheduler", topic, "unreadable").inc()
+
+
 def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
-    broker, topics = runtime.broker, runtime.topics
+    broker, topics, health = runtime.broker, runtime.topics, runtime.consumers
+    mailings_group = topics.group(f"{GROUP}-mailings")
+    clients_group = topics.group(f"{GROUP}-clients")
 
     @broker.subscriber(
         topics.mailing_events,
-        group_id=topics.group(f"{GROUP}-mailings"),
+        group_id=mailings_group,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.ACK,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         title="scheduler: mailing events",
         description="Activates started mailings at once; re-plans edited ones.",
     )
-    async def on_mailing_event(body: MailingEventRecord) -> None:
+    @health.guard(mailings_group, topics.mailing_events)
+    async def on_mailing_event(body: MailingEventRecord, message: KafkaMessage) -> None:
         clear_context()
-        event = mailing_event_adapter.validate_python(body)
+        try:
+            event = mailing_event_adapter.validate_python(body)
+        except ValidationError as exc:
+            _unreadable(topics.mailing_events, exc)
+            return
         bind_entities(mailing_id=event.payload.id)
         if isinstance(event, MailingCreated):
             scheduler.wake()  # the poller activates it when its start has come
@@ -56,15 +72,20 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
 
     @broker.subscriber(
         topics.client_events,
-        group_id=topics.group(f"{GROUP}-clients"),
+        group_id=clients_group,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.ACK,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         title="scheduler: client events",
         description="Re-plans a client's scheduled messages when its time zone changes.",
     )
-    async def on_client_event(body: ClientEventRecord) -> None:
+    @health.guard(clients_group, topics.client_events)
+    async def on_client_event(body: ClientEventRecord, message: KafkaMessage) -> None:
         clear_context()
-        event = client_event_adapter.validate_python(body)
+        try:
+            event = client_event_adapter.validate_python(body)
+        except ValidationError as exc:
+            _unreadable(topics.client_events, exc)
+            return
         bind_entities(client_id=event.payload.id)
         if isinstance(event, ClientUpdated):
             await scheduler.replan_client(event.payload.id)

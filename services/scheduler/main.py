@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from services.scheduler import redrive
 from services.scheduler.handlers import subscribe
 from services.scheduler.service import Scheduler
 from shared.asyncapi import Published
@@ -48,6 +49,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.scheduler = scheduler
         runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
         runtime.spawn(scheduler.run(runtime.broker_started), name="scheduler")
+        if settings.redrive_interval_s > 0:
+            runtime.spawn(
+                redrive.run(
+                    redrive.Redrive(runtime.sessions, runtime.broker, runtime.topics, settings),
+                    settings.redrive_interval_s,
+                    runtime.broker_started,
+                ),
+                name="redrive",
+            )
 
     return create_service_app(
         service="scheduler",
