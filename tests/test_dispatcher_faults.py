@@ -78,11 +78,26 @@ async def test_a_batch_that_outlives_its_lease_sends_nothing_twice(
     assert summary["unique_accepted"] == 30
 
 
+@pytest.mark.parametrize(
+    ("deduplicates", "outage_s"),
+    [
+        # Shorter than the lease: the held outcomes are written, nothing is recovered.
+        pytest.param("true", 3, id="outage shorter than the lease"),
+        # Longer: the scheduler recovers the messages as unknown outcomes (no re-send
+        # without de-duplication); the held outcomes then correct them.
+        pytest.param("false", 12, id="outage past the lease, no deduplication"),
+    ],
+)
 async def test_outcomes_are_held_while_postgres_is_unreachable_and_nothing_is_sent_twice(
-    infra: Infra, tmp_path: Path
+    infra: Infra, tmp_path: Path, deduplicates: str, outage_s: float
 ) -> None:
     # Requests take 1 s; PostgreSQL is cut for the dispatcher alone while they are in flight.
-    env = {"PROVIDER_TIMEOUT_S": "3", "SENDING_LEASE_S": "8", "REQUEUE_AFTER_S": "5"}
+    env = {
+        "PROVIDER_TIMEOUT_S": "3",
+        "SENDING_LEASE_S": "8",
+        "REQUEUE_AFTER_S": "5",
+        "PROVIDER_DEDUPLICATES": deduplicates,
+    }
     pipe = Pipeline(
         infra,
         tmp_path,
@@ -115,14 +130,15 @@ async def test_outcomes_are_held_while_postgres_is_unreachable_and_nothing_is_se
             what="first request",
         )
         await proxy.cut()
-        # An outage of 3 s, shorter than the lease: the requests in flight are answered
-        # meanwhile, and their outcomes cannot be written.
-        await asyncio.sleep(3)
+        # The requests in flight are answered during the outage; their outcomes cannot
+        # be written until it ends.
+        await asyncio.sleep(outage_s)
         await proxy.restore()
         counts = await pipe.settled(mailing["id"], timeout=180)
         summary = await pipe.control.summary()
         held = log_events(pipe, "outcomes_held")
         written = log_events(pipe, "outcomes_written_after_outage")
+        recovered = log_events(pipe, "messages_recovered")
     finally:
         await pipe.stop()
         await proxy.close()
@@ -131,6 +147,8 @@ async def test_outcomes_are_held_while_postgres_is_unreachable_and_nothing_is_se
     assert summary["unique_accepted"] == 150
     assert held, "no outcome was held"
     assert written, "held outcomes were never written"
+    if deduplicates == "false":
+        assert {line["status"] for line in recovered} == {"failed"}, recovered
 
 
 @pytest.mark.parametrize("retry_after", ["1e12", "inf"])

@@ -44,7 +44,9 @@ T = TypeVar("T")
 OUTCOME_FLUSH_S = 0.05
 OUTCOME_GROUP_MAX = 64
 BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 5.0
+# Short: once PostgreSQL answers again, held outcomes should land before anything else
+# (such as the stale-`queued` re-publish) starts another attempt of their messages.
+BACKOFF_MAX_S = 2.0
 
 
 def unreachable(exc: BaseException) -> bool:
