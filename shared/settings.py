@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     scheduler_batch_size: PositiveInt = 2000
     expansion_batch_size: PositiveInt = 50_000
     # A request starts only if its deadline ends at least this long before its lease.
-    sending_lease_margin_s: PositiveFloat = 2.0
+    sending_lease_margin_s: PositiveFloat = 1.0
     # A message stuck in `sending` longer than this is recovered by the scheduler.
     sending_lease_s: PositiveFloat = Field(default=60.0, validate_default=True)
     # The retry tiers give up (`failed`, and a DLQ record) after this many transient
