@@ -140,6 +140,12 @@ async def test_an_outcome_held_past_the_lease_recovery_is_still_written(infra: I
         await parts.expire_lease(command.message_id)
         assert await parts.scheduler.recover_stuck() == 1
         assert (await parts.row(command.message_id)).status == "scheduled"
+        # Not fired again at once: a slow dispatcher's outcome gets half a lease more.
+        later = await parts.sql(
+            "SELECT due_at > now() + interval '1 second' AS later FROM message WHERE id = :id",
+            id=command.message_id,
+        )
+        assert later.later
 
         # The request of attempt 1 was accepted; its outcome arrives now.
         await parts.delivery.record([(claimed, Decision(MessageStatus.SENT))])

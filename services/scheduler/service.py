@@ -372,7 +372,7 @@ class Scheduler:
         cannot reach PostgreSQL to record the outcome).
 
         The request may have reached the gateway. With a gateway that de-duplicates by
-        message id the message is fired again (`scheduled`, due now); with
+        message id the message is fired again (`scheduled`, due in half a lease); with
         `PROVIDER_DEDUPLICATES=false` a re-send could deliver it twice, so it becomes
         `failed` ("unknown outcome: lease expired") with a DLQ record for an operator,
         as the dispatcher does with an ambiguous answer. Either way `attempts` is kept:
@@ -383,8 +383,12 @@ class Scheduler:
         dedup = self.settings.provider_deduplicates
         error = "lease expired: dispatcher stopped mid-request" if dedup else lease_unknown
         status = MessageStatus.SCHEDULED if dedup else MessageStatus.FAILED
+        # Fired again after a further half lease: a dispatcher that is slow rather than
+        # dead still writes its outcome meanwhile (its writes fence on `attempts`, which
+        # a new claim would bump).
+        grace = timedelta(seconds=self.settings.sending_lease_s / 2)
         async with self.sessions() as session, session.begin():
-            extra: dict[str, Any] = {"due_at": func.now()} if dedup else {}
+            extra: dict[str, Any] = {"due_at": func.now() + grace} if dedup else {}
             rows = await self._claim(
                 session,
                 and_(Message.status == MessageStatus.SENDING, Message.lease_until < func.now()),
