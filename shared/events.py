@@ -131,6 +131,9 @@ class SendData(Payload):
     not_before: AwareDatetime | None = None
     tier: int = 0
     last_error: str | None = None
+    # Transient failures so far (the dispatcher's attempts cap); held attempts (an open
+    # breaker, a gateway configuration fault, a lease nearly spent) are not counted.
+    failures: int = 0
 
 
 class SendMessage(Envelope[SendData]):

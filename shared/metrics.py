@@ -145,6 +145,14 @@ DLQ_RECORDS = Counter(
     f"{PREFIX}_dispatcher_dlq_records_total",
     "Messages that failed permanently and went to the dead-letter topic.",
 )
+LEASE_GIVEN_BACK = Counter(
+    f"{PREFIX}_dispatcher_lease_given_back_total",
+    "Messages given back unsent because their sending lease was nearly spent.",
+)
+OUTCOMES_HELD = Gauge(
+    f"{PREFIX}_dispatcher_outcomes_held",
+    "Outcomes of requests already made, waiting to be written while PostgreSQL is down.",
+)
 BREAKER_STATE = Gauge(
     f"{PREFIX}_dispatcher_breaker_state_info",
     "Gateway circuit breaker: 0 closed, 1 half-open, 2 open.",

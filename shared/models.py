@@ -196,6 +196,13 @@ class Message(Base):
             "client_id",
             postgresql_where=sql("status IN ('scheduled','queued','sending','retrying')"),
         ),
+        # The scheduler's re-drive: waiting messages by last change.
+        Index(
+            "ix_message_waiting_updated",
+            "status",
+            "updated_at",
+            postgresql_where=sql("status IN ('queued','retrying')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -203,6 +210,8 @@ class Message(Base):
     client_id: Mapped[int] = mapped_column(ForeignKey("client.id"))
     status: Mapped[str] = mapped_column(String(16), server_default=MessageStatus.SCHEDULED.value)
     due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A `retrying` message: when its retry command becomes due (the re-drive reads it).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     mailing_version: Mapped[int] = mapped_column(Integer, server_default="1")
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -89,8 +89,14 @@ class Settings(BaseSettings):
     scheduler_poll_interval_s: PositiveFloat = 0.2
     scheduler_batch_size: PositiveInt = 2000
     expansion_batch_size: PositiveInt = 50_000
+    # A request starts only if its deadline ends at least this long before its lease.
+    sending_lease_margin_s: PositiveFloat = 1.0
     # A message stuck in `sending` longer than this is recovered by the scheduler.
-    sending_lease_s: PositiveFloat = 60.0
+    sending_lease_s: PositiveFloat = Field(default=60.0, validate_default=True)
+    # The retry tiers give up (`failed`, and a DLQ record) after this many transient
+    # failures of a message, or once it has been retrying this long since it was due.
+    retry_max_attempts: PositiveInt = 20
+    retry_max_age_s: PositiveFloat = 86400.0
     # A message `queued` longer than this has its send command published again.
     requeue_after_s: PositiveFloat = 3600.0
     # Re-drive (services/scheduler/redrive.py): how often the scheduler looks for
@@ -279,6 +285,18 @@ class Settings(BaseSettings):
         if timeout is not None and value <= timeout:
             raise ValueError(
                 f"must be longer than one sending attempt (SMTP_TIMEOUT_S={timeout:g})"
+            )
+        return value
+
+    @field_validator("sending_lease_s")
+    @classmethod
+    def _lease_outlasts_a_request(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("provider_timeout_s")
+        margin = info.data.get("sending_lease_margin_s")
+        if timeout is not None and margin is not None and value <= timeout + margin:
+            raise ValueError(
+                f"must be longer than one request plus its margin "
+                f"(PROVIDER_TIMEOUT_S={timeout:g} + SENDING_LEASE_MARGIN_S={margin:g})"
             )
         return value
 

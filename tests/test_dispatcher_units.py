@@ -10,7 +10,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from services.dispatcher.breaker import CircuitBreaker, State
-from services.dispatcher.gateway import Outcome, classify
+from services.dispatcher.gateway import MAX_RETRY_AFTER_S, Outcome, _seconds, classify
 from services.dispatcher.handlers import split_ready
 from shared.events import SendData, SendMessage
 
@@ -26,7 +26,9 @@ from shared.events import SendData, SendMessage
         (200, b"<html>hi</html>", Outcome.TRANSIENT, True),
         (200, b"[0]", Outcome.TRANSIENT, True),
         (400, b'{"detail": "id mismatch"}', Outcome.PERMANENT, False),
-        (404, b"", Outcome.PERMANENT, False),
+        (404, b"", Outcome.CONFIG, False),
+        (405, b"", Outcome.CONFIG, False),
+        (410, b"", Outcome.PERMANENT, False),
         (401, b"", Outcome.AUTH, False),
         (403, b"", Outcome.AUTH, False),
         (408, b"", Outcome.TRANSIENT, True),
@@ -45,6 +47,30 @@ def test_classify(status: int, body: bytes, outcome: Outcome, ambiguous: bool) -
 def test_retry_after_is_read_from_429() -> None:
     assert classify(429, b"", "7").retry_after == 7.0
     assert classify(429, b"", "soon").retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        ("0.5", 0.5),
+        ("-5", 0.0),
+        ("1e12", MAX_RETRY_AFTER_S),
+        ("inf", MAX_RETRY_AFTER_S),
+        ("-inf", 0.0),
+        ("nan", None),
+        ("soon", None),
+        ("", None),
+        # An HTTP date (RFC 9110): seconds from now, clamped.
+        ("Thu, 01 Jan 2026 00:01:40 GMT", 100.0),
+        ("Thu, 01 Jan 2026 00:00:00 GMT", 0.0),
+        ("Fri, 01 Jan 2100 00:00:00 GMT", MAX_RETRY_AFTER_S),
+        ("Thu, 01 Jan 2026 00:01:40", None),  # no zone: not an HTTP date
+    ],
+)
+def test_retry_after_is_clamped_or_ignored(header: str, seconds: float | None) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert _seconds(header, now) == seconds
 
 
 class Clock:

@@ -24,6 +24,7 @@ DEFAULT_FAULTS = {
     "error_5xx": 0.0,
     "error_429": 0.0,
     "retry_after_s": 1,
+    "retry_after": None,
     "malformed": 0.0,
     "hang": 0.0,
     "hang_s": 300.0,
@@ -291,6 +292,18 @@ async def test_429_carries_retry_after(http: httpx.AsyncClient, control: Sandbox
     [entry] = await control.entries(msg_id=31)
     assert (entry["answer"], entry["status"], entry["accepted"]) == ("429", 429, False)
     assert (await control.summary())["accepted"] == 0
+
+
+@pytest.mark.parametrize("value", ["1e12", "inf", "nan", "-5", "Wed, 21 Oct 2099 07:28:00 GMT"])
+async def test_429_can_carry_any_retry_after(
+    http: httpx.AsyncClient, control: SandboxControl, value: str
+) -> None:
+    await control.set_faults(error_429=1.0, retry_after=value)
+
+    response = await post(http, 32)
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == value
 
 
 async def test_malformed_200_is_not_accepted(

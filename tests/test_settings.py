@@ -80,3 +80,12 @@ def test_a_service_refuses_to_start_with_a_clear_message() -> None:
     assert result.returncode != 0
     assert "KAFKA_PARTITIONS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_lease_shorter_than_a_request_and_its_margin_is_refused() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(provider_timeout_s=10, sending_lease_margin_s=2, sending_lease_s=12)
+    assert "SENDING_LEASE_S" in str(error.value)
+    settings = load_settings(provider_timeout_s=10, sending_lease_margin_s=2, sending_lease_s=12.5)
+    assert settings.sending_lease_s == 12.5
+    assert (settings.retry_max_attempts, settings.retry_max_age_s) == (20, 86400.0)

@@ -6,12 +6,18 @@
    deleted, cancelled) does nothing: redeliveries are harmless. (The scheduler publishes
    a command only after the message is committed as `queued`.)
 2. Send: right before each request, the stop time and the client's window are checked
-   again; the request runs under a total deadline that never passes the stop time,
-   within the concurrency cap, the rate limit and the circuit breaker.
-3. Record: one transaction per batch; every change is a compare-and-set on
-   (`status = 'sending'`, `attempts`), so a late writer cannot overwrite a newer attempt.
-   Status events, retry commands and DLQ records go through the outbox in the same
-   transaction: nothing is lost between the database and Kafka.
+   again, and the lease: a request starts only if its total deadline ends before the
+   stop time and `SENDING_LEASE_MARGIN_S` before the lease does (else the message goes
+   back to its retry tier unsent, nothing burnt). It runs within the concurrency cap,
+   the rate limit and the circuit breaker. An unexpected error is that message's
+   outcome alone.
+3. Record: outcomes are written as they arrive, in small groups (`recorder.py`), each
+   group in one transaction with its status events, retry commands and DLQ records in
+   the outbox. Every write is a compare-and-set on `attempts`, the fencing token: an
+   outcome of attempt N is the truth while the row's attempts is still N, even if the
+   scheduler's lease recovery moved it from `sending` meanwhile (no later attempt has
+   started). The batch returns (and its offsets are committed) only once all of its
+   outcomes are committed; while PostgreSQL is down they are held, not dropped.
 """
 
 from __future__ import annotations
@@ -19,13 +25,26 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 
+from services.dispatcher.decisions import (
+    LEASE_SPENT,
+    Claimed,
+    Decision,
+    Rules,
+    decide,
+    give_back,
+    on_error,
+    request_deadline,
+    retry,
+    too_late,
+)
 from services.dispatcher.gateway import Outcome, Result
+from services.dispatcher.recorder import OutcomeRecorder
 from shared.events import SendData, SendMessage
 from shared.logging import get_logger
 from shared.metrics import (
@@ -34,16 +53,17 @@ from shared.metrics import (
     DLQ_RECORDS,
     GATEWAY_LATENCY,
     GATEWAY_OUTCOMES,
+    LEASE_GIVEN_BACK,
     MESSAGE_TRANSITIONS,
     RETRIES,
 )
 from shared.models import MessageStatus
 from shared.outbox import add_events
 from shared.statuses import stage_status_events
-from shared.windows import Window, is_allowed, next_allowed
+from shared.windows import Window
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from datetime import time as clock_time
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -72,48 +92,43 @@ CLAIM = text(
     FROM target, mailing AS g, client AS c
     WHERE m.id = target.id AND g.id = m.mailing_id AND c.id = m.client_id
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous,
-              g.text, g.stop_at, g.window_start, g.window_end, c.phone, c.timezone
+              g.text, g.stop_at, g.window_start, g.window_end, c.phone, c.timezone, m.due_at
     """
 )
 
-# Outcome writes: compare-and-set on (status, attempts) for the whole batch at once.
+# What the scheduler's lease recovery writes with PROVIDER_DEDUPLICATES=false: a guess
+# that a held outcome of the same attempt may correct.
+LEASE_UNKNOWN = "unknown outcome: lease expired"
+
+# Outcome writes for a group at once, fenced by `attempts`: the row is still at the
+# attempt this outcome is for, and no later attempt has started (`sending` by this
+# attempt, or put back to waiting by the lease recovery). The previous status is
+# returned for the status events.
 FINISH = text(
     """
+    WITH u AS (
+        SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]),
+                             CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                             CAST(:dues AS timestamptz[])) AS u(id, attempt, status, error, due)
+    ), old AS (
+        SELECT m.id, m.status FROM message AS m JOIN u ON u.id = m.id
+        WHERE m.attempts = u.attempt
+          AND (m.status IN ('sending', 'scheduled', 'queued', 'retrying')
+               OR (m.status = 'failed' AND m.last_error = :lease_unknown))
+        ORDER BY m.id
+        FOR UPDATE OF m
+    )
     UPDATE message AS m
-    SET status = u.status, last_error = u.error, due_at = coalesce(u.due, m.due_at),
+    SET status = u.status, last_error = u.error,
+        due_at = CASE WHEN u.status = 'scheduled' THEN u.due ELSE m.due_at END,
+        retry_at = CASE WHEN u.status = 'retrying' THEN u.due END,
         sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
         lease_until = NULL, updated_at = now()
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]),
-                CAST(:statuses AS text[]), CAST(:errors AS text[]),
-                CAST(:dues AS timestamptz[])) AS u(id, attempt, status, error, due)
-    WHERE m.id = u.id AND m.status = 'sending' AND m.attempts = u.attempt
-    RETURNING m.id
+    FROM u, old
+    WHERE m.id = u.id AND old.id = m.id
+    RETURNING m.id, old.status
     """
 )
-
-
-@dataclass(slots=True)
-class Claimed:
-    message_id: int
-    mailing_id: int
-    client_id: int
-    attempt: int
-    previous: str
-    text: str
-    stop_at: datetime
-    window: Window | None
-    phone: str
-    zone: ZoneInfo
-    tier: int = 0
-
-
-@dataclass(slots=True)
-class Decision:
-    status: MessageStatus
-    error: str | None = None
-    due: datetime | None = None  # for `scheduled` (outside the window) and retries
-    tier: int = 0
-    dlq: bool = False
 
 
 @dataclass
@@ -127,6 +142,9 @@ class Delivery:
     on_commit: Callable[[], None] = lambda: None
     _zones: dict[str, ZoneInfo] = field(default_factory=dict)
     _slots: asyncio.Semaphore | None = None
+    _rules: Rules | None = None
+    # Messages whose request has been started (an error after it is ambiguous).
+    _requested: dict[int, bool] = field(default_factory=dict)
 
     @property
     def slots(self) -> asyncio.Semaphore:
@@ -134,27 +152,51 @@ class Delivery:
             self._slots = asyncio.Semaphore(self.settings.provider_concurrency)
         return self._slots
 
+    @property
+    def rules(self) -> Rules:
+        if self._rules is None:
+            self._rules = Rules.from_settings(self.settings)
+        return self._rules
+
     async def process(self, commands: Sequence[SendData]) -> int:
-        """Deliver one batch; return how many messages were claimed."""
+        """Deliver one batch; return how many messages were claimed. Returns once every
+        outcome of the batch is committed."""
         if not commands:
             return 0
         claimed = await self.claim(commands)
         if not claimed:
             return 0
-        decisions = await asyncio.gather(*(self.deliver(one) for one in claimed))
-        await self.record(list(zip(claimed, decisions, strict=True)))
+        given_back = 0
+
+        async def one(message: Claimed, recorder: OutcomeRecorder[Outcomes]) -> None:
+            nonlocal given_back
+            decision = await self.deliver(message, recorder.room)
+            if decision.error == LEASE_SPENT:
+                given_back += 1
+            recorder.add((message, decision))
+
+        async with OutcomeRecorder[Outcomes](self.record, describe=_ids) as recorder:
+            await asyncio.gather(*(one(message, recorder) for message in claimed))
+        if given_back:
+            LEASE_GIVEN_BACK.inc(given_back)
+            log.warning(
+                "requests_given_back",
+                count=given_back,
+                reason="lease nearly spent: the batch waited too long to send them",
+                hint="lower DISPATCHER_BATCH_SIZE or raise PROVIDER_CONCURRENCY or SENDING_LEASE_S",
+            )
         return len(claimed)
 
     # --- 1. claim --------------------------------------------------------------------
 
     async def claim(self, commands: Sequence[SendData]) -> list[Claimed]:
-        tiers = {command.message_id: command.tier for command in commands}
+        by_id = {command.message_id: command for command in commands}
+        lease = self.settings.sending_lease_s
+        # The lease is set from the database's clock at the start of the claim's
+        # transaction, which is no earlier than this: the end seen here is never late.
+        lease_ends = time.monotonic() + lease
         async with self.sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    CLAIM, {"ids": list(tiers), "lease": self.settings.sending_lease_s}
-                )
-            ).all()
+            rows = (await session.execute(CLAIM, {"ids": list(by_id), "lease": lease})).all()
             await stage_status_events(
                 session,
                 self.topics,
@@ -175,7 +217,10 @@ class Delivery:
                 window=_window(r.window_start, r.window_end),
                 phone=r.phone,
                 zone=self._zone(r.timezone),
-                tier=tiers.get(r.id, 0),
+                tier=by_id[r.id].tier if r.id in by_id else 0,
+                failures=by_id[r.id].failures if r.id in by_id else 0,
+                due_at=r.due_at,
+                lease_ends=lease_ends,
             )
             for r in rows
         ]
@@ -188,40 +233,64 @@ class Delivery:
 
     # --- 2. send ---------------------------------------------------------------------
 
-    def _too_late(self, message: Claimed, now: datetime) -> Decision | None:
-        """Stop time and window, checked right before a request may start."""
-        if now >= message.stop_at:
-            return Decision(MessageStatus.EXPIRED, "stop time reached")
-        if not is_allowed(now, message.window, message.zone):
-            opens = next_allowed(now, message.window, message.zone)
-            if opens >= message.stop_at:
-                return Decision(MessageStatus.EXPIRED, "no allowed local time before stop")
-            return Decision(MessageStatus.SCHEDULED, "outside the client's window", due=opens)
-        return None
+    async def deliver(
+        self, message: Claimed, room: Callable[[], Awaitable[None]] | None = None
+    ) -> Decision:
+        """The outcome of one message; never raises (but for cancellation). `room`, if
+        given, is awaited right before a request may start (the recorder's back-pressure)."""
+        try:
+            return await self._deliver(message, room)
+        except Exception as exc:
+            requested = self._requested.pop(message.message_id, False)
+            if requested:
+                # Its answer was never observed: count a failure (this also ends a
+                # half-open breaker's probe, which would otherwise wait forever).
+                self.breaker.failure()
+            log.exception(
+                "delivery_error",
+                attempt=message.attempt,
+                requested=requested,
+                **_ids((message, None)),
+            )
+            return on_error(message, datetime.now(UTC), exc, requested, self.rules)
+        finally:
+            self._requested.pop(message.message_id, None)
 
-    async def deliver(self, message: Claimed) -> Decision:
+    async def _deliver(
+        self, message: Claimed, room: Callable[[], Awaitable[None]] | None
+    ) -> Decision:
+        rules = self.rules
         ids = {
             "mailing_id": message.mailing_id,
             "message_id": message.message_id,
             "client_id": message.client_id,
         }
-        if (early := self._too_late(message, datetime.now(UTC))) is not None:
+        now = datetime.now(UTC)
+        if (early := too_late(message, now)) is not None:
             return early
+        if request_deadline(message, now, message.lease_ends - time.monotonic(), rules) is None:
+            return give_back(message, now)
         async with self.slots:
+            if room is not None:
+                await room()
             await self.limiter.acquire()
             now = datetime.now(UTC)
-            if (late := self._too_late(message, now)) is not None:
+            if (late := too_late(message, now)) is not None:
                 return late
+            deadline = request_deadline(message, now, message.lease_ends - time.monotonic(), rules)
+            if deadline is None:
+                # Checked before the breaker: a half-open breaker's probe must be made.
+                return give_back(message, now)
             if not self.breaker.allow():
                 # Not the message's fault: wait in the retry tier, same tier, no burn.
-                return self._retry(message, now, "circuit open", self.breaker.wait_s(), False)
-            deadline = min(
-                self.settings.provider_timeout_s, (message.stop_at - now).total_seconds()
-            )
+                return retry(
+                    message, now, "circuit open", self.breaker.wait_s(), escalate=False, rules=rules
+                )
             log.info(
                 "gateway_request", attempt=message.attempt, deadline_s=round(deadline, 3), **ids
             )
             started = time.perf_counter()
+            self._requested[message.message_id] = True
             result = await self.gateway.send(
                 message.message_id, message.phone, message.text, deadline
             )
@@ -241,7 +310,7 @@ class Delivery:
         GATEWAY_LATENCY.labels(result.outcome.value).observe(elapsed)
         GATEWAY_OUTCOMES.labels(result.outcome.value, str(result.status or "none")).inc()
         before = self.breaker.opened_count
-        if result.outcome in (Outcome.TRANSIENT, Outcome.AUTH):
+        if result.outcome in (Outcome.TRANSIENT, Outcome.AUTH, Outcome.CONFIG):
             self.breaker.failure()
         else:
             self.breaker.success()
@@ -255,61 +324,46 @@ class Delivery:
         BREAKER_STATE.set(int(self.breaker.state))
 
     def _decide(self, message: Claimed, result: Result) -> Decision:
-        now = datetime.now(UTC)
-        if result.outcome == Outcome.OK:
-            return Decision(MessageStatus.SENT)
-        if result.outcome == Outcome.PERMANENT:
-            return Decision(MessageStatus.FAILED, result.error, dlq=True)
-        if result.outcome == Outcome.AUTH:
+        if result.outcome in (Outcome.AUTH, Outcome.CONFIG):
+            hint = (
+                "check PROVIDER_TOKEN"
+                if result.outcome == Outcome.AUTH
+                else f"check PROVIDER_URL ({self.settings.provider_url}): the gateway has no "
+                "such endpoint"
+            )
             log.error(
-                "gateway_auth_failed",
+                "gateway_auth_failed"
+                if result.outcome == Outcome.AUTH
+                else "gateway_config_failed",
                 status=result.status,
-                hint="check PROVIDER_TOKEN; messages are held, not burnt",
+                hint=f"{hint}; messages are held, not burnt",
                 mailing_id=message.mailing_id,
                 message_id=message.message_id,
                 client_id=message.client_id,
             )
-            return self._retry(message, now, result.error, self.breaker.wait_s(), False)
-        if result.ambiguous and not self.settings.provider_deduplicates:
-            return Decision(MessageStatus.FAILED, f"unknown outcome: {result.error}", dlq=True)
-        return self._retry(message, now, result.error, result.retry_after or 0.0, True)
-
-    def _retry(
-        self, message: Claimed, now: datetime, error: str | None, at_least: float, escalate: bool
-    ) -> Decision:
-        delays = self.settings.retry_delays_s
-        tier = min(message.tier + 1, len(delays)) if escalate else max(message.tier, 1)
-        when = now + timedelta(seconds=max(delays[tier - 1], at_least))
-        if when >= message.stop_at:
-            return Decision(MessageStatus.EXPIRED, f"no retry before stop time: {error}")
-        return Decision(MessageStatus.RETRYING, error, due=when, tier=tier)
+        return decide(message, result, datetime.now(UTC), self.breaker.wait_s(), self.rules)
 
     # --- 3. record -------------------------------------------------------------------
 
-    async def record(self, outcomes: list[tuple[Claimed, Decision]]) -> None:
+    async def record(self, outcomes: list[Outcomes]) -> None:
+        """Write one group of outcomes, fenced by attempt (see FINISH)."""
         async with self.sessions() as session, session.begin():
-            updated = set(
-                (
-                    await session.execute(
-                        FINISH,
-                        {
-                            "ids": [m.message_id for m, _ in outcomes],
-                            "attempts": [m.attempt for m, _ in outcomes],
-                            "statuses": [d.status.value for _, d in outcomes],
-                            "errors": [d.error for _, d in outcomes],
-                            # A retry's not_before too: the scheduler's re-drive
-                            # judges a `retrying` message against it.
-                            "dues": [
-                                d.due
-                                if d.status in (MessageStatus.SCHEDULED, MessageStatus.RETRYING)
-                                else None
-                                for _, d in outcomes
-                            ],
-                        },
-                    )
-                ).scalars()
-            )
-            done = [(m, d) for m, d in outcomes if m.message_id in updated]
+            previous = {
+                row.id: row.status
+                for row in await session.execute(
+                    FINISH,
+                    {
+                        "ids": [m.message_id for m, _ in outcomes],
+                        "attempts": [m.attempt for m, _ in outcomes],
+                        "statuses": [d.status.value for _, d in outcomes],
+                        "errors": [d.error for _, d in outcomes],
+                        # `scheduled`: the next window; `retrying`: when its retry is due.
+                        "dues": [d.due for _, d in outcomes],
+                        "lease_unknown": LEASE_UNKNOWN,
+                    },
+                )
+            }
+            done = [(m, d) for m, d in outcomes if m.message_id in previous]
             groups: dict[tuple[MessageStatus, str | None], list[Claimed]] = {}
             for message, decision in done:
                 groups.setdefault((decision.status, decision.error), []).append(message)
@@ -318,7 +372,7 @@ class Delivery:
                     session,
                     self.topics,
                     [
-                        (m.message_id, m.mailing_id, m.client_id, m.attempt, "sending")
+                        (m.message_id, m.mailing_id, m.client_id, m.attempt, previous[m.message_id])
                         for m in group
                     ],
                     status,
@@ -351,11 +405,24 @@ class Delivery:
                         not_before=decision.due,
                         tier=decision.tier,
                         last_error=decision.error,
+                        failures=decision.failures,
                     )
                 )
             )
         for topic, commands in by_topic.items():
             await add_events(session, topic, commands)
+
+
+Outcomes = tuple[Claimed, Decision]
+
+
+def _ids(outcome: tuple[Claimed, Decision | None]) -> dict[str, Any]:
+    message = outcome[0]
+    return {
+        "mailing_id": message.mailing_id,
+        "message_id": message.message_id,
+        "client_id": message.client_id,
+    }
 
 
 def _window(start: clock_time | None, end: clock_time | None) -> Window | None:

@@ -2,9 +2,11 @@
 
 `POST {PROVIDER_URL}/send/{msgId}` with `{"id", "phone", "text"}` and the bearer token.
 Success is a 200 whose body is exactly `{"code": 0, ...}`; anything else is classified:
-permanent (4xx other than 401/403/408/429), auth (401/403: a configuration fault, not
-the message's), or transient (timeouts, connection errors, 5xx, 408, 429, malformed
-answers).
+permanent (4xx other than 401/403/404/405/408/429), auth (401/403: a configuration
+fault, not the message's), config (404/405: no such endpoint, a wrong `PROVIDER_URL`),
+or transient (timeouts, connection errors, 5xx, 408, 429, malformed answers).
+A `Retry-After` is read as seconds or an HTTP date and clamped to
+`MAX_RETRY_AFTER_S`; a value that is neither is ignored.
 
 httpx runs on the aiohttp transport: on this machine httpx's own pool manages a few
 hundred requests per second while the aiohttp transport reaches well over a thousand
@@ -16,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import math
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -32,6 +37,11 @@ class Outcome(enum.StrEnum):
     PERMANENT = "permanent"
     TRANSIENT = "transient"
     AUTH = "auth"
+    CONFIG = "config"
+
+
+# The longest wait a gateway's Retry-After can impose on a message (one hour).
+MAX_RETRY_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,8 @@ def classify(status: int, body: bytes, retry_after: str | None = None) -> Result
         return Result(Outcome.TRANSIENT, status, f"malformed 200: {body[:80]!r}", ambiguous=True)
     if status in (401, 403):
         return Result(Outcome.AUTH, status, f"gateway refused the token ({status})")
+    if status in (404, 405):
+        return Result(Outcome.CONFIG, status, f"gateway has no such endpoint ({status})")
     if status == 429:
         return Result(Outcome.TRANSIENT, status, "rate limited (429)", _seconds(retry_after))
     if status == 408:
@@ -65,13 +77,24 @@ def classify(status: int, body: bytes, retry_after: str | None = None) -> Result
     return Result(Outcome.TRANSIENT, status, f"gateway error ({status})", ambiguous=True)
 
 
-def _seconds(value: str | None) -> float | None:
+def _seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds in 0..MAX_RETRY_AFTER_S: delay-seconds or an HTTP date
+    (RFC 9110); anything else (garbage, nan) is ignored, like a missing header."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if moment.tzinfo is None:
+            return None
+        seconds = moment.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 class Gateway(Protocol):

@@ -46,6 +46,8 @@ Fault fields (`Faults`; at run time GET/PUT/PATCH /control/faults):
     error_5xx               share answered 500/502/503 (random among the three)
     error_429               share answered 429 with ``Retry-After: retry_after_s``
     retry_after_s           default 1
+    retry_after             Retry-After sent verbatim instead (an HTTP date, ``1e12``,
+                            ``inf``...), default none
     malformed               share answered 200 with a body that is not the contract's
                             (``{"code":"OK"}``, a non-zero code, plain ``OK``, an HTML
                             page, an empty or a truncated body)

@@ -6,7 +6,8 @@ share is non-zero, so a seed gives the same outcome to the N-th request whatever
 are set):
 
 1. ``error_5xx``  -> 500, 502 or 503 (chosen at random);
-2. ``error_429``  -> 429 with ``Retry-After: <retry_after_s>``;
+2. ``error_429``  -> 429 with ``Retry-After: <retry_after_s>`` (or ``retry_after``
+   verbatim, when set);
 3. ``malformed``  -> a 200 whose body is not ``{"code": 0, "message": "OK"}``;
 4. ``hang``       -> no answer for ``hang_s`` seconds (or until the client leaves).
 
@@ -62,6 +63,16 @@ class Faults(BaseModel):
     error_5xx: Share = Field(0.0, description="Share answered 500/502/503.")
     error_429: Share = Field(0.0, description="Share answered 429 with Retry-After.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of the 429 answers.")
+    retry_after: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[ -~]+$",
+        description=(
+            "Retry-After of the 429 answers sent verbatim instead of retry_after_s: an "
+            "HTTP date, or a value a client must survive (1e12, inf, nan, -5)."
+        ),
+    )
     malformed: Share = Field(0.0, description="Share answered 200 with a wrong body.")
     hang: Share = Field(0.0, description="Share never answered (see hang_s).")
     hang_s: float = Field(300.0, gt=0, description="How long a hanging request hangs.")
@@ -130,7 +141,8 @@ class FaultPlan:
         self.hang = faults.hang
         self.active = faults.any_share
         self.hang_s = faults.hang_s
-        self.retry_after = str(faults.retry_after_s).encode()
+        raw = faults.retry_after if faults.retry_after is not None else str(faults.retry_after_s)
+        self.retry_after = raw.encode()
         if faults.latency_min_ms is not None and faults.latency_max_ms is not None:
             self.latency_low_s = faults.latency_min_ms / 1000.0
             self.latency_high_s = faults.latency_max_ms / 1000.0

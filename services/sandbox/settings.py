@@ -75,6 +75,7 @@ _FAULT_FLAGS: tuple[tuple[str, type], ...] = (
     ("error_5xx", float),
     ("error_429", float),
     ("retry_after_s", int),
+    ("retry_after", str),
     ("malformed", float),
     ("hang", float),
     ("hang_s", float),

@@ -21,7 +21,7 @@ gone, with a watermark:
    has been committed up to the mark, every command published before the mark has been
    handled. With failing handlers committing nothing (`shared.consuming`), "committed"
    means the claim committed. A message still `queued` (or `retrying`, past its
-   `due_at` by the grace) that last changed before the mark therefore has no command:
+   `retry_at` by the grace) that last changed before the mark therefore has no command:
    it gets a new one on `message.send` (its `updated_at` is bumped, so it is judged
    again only against a later mark), and `messages_redriven` is logged.
 3. Until the groups have passed the mark, the mark stays: a backlog being worked
@@ -67,7 +67,7 @@ CLAIM = text(
     WITH orphan AS (
         SELECT id FROM message
         WHERE status = :status AND updated_at < :before
-          AND (:status <> 'retrying' OR coalesce(due_at, updated_at) < now() - :grace)
+          AND (:status <> 'retrying' OR coalesce(retry_at, updated_at) < now() - :grace)
         ORDER BY updated_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED

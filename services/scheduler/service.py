@@ -368,25 +368,61 @@ class Scheduler:
         ).all()
 
     async def recover_stuck(self) -> int:
-        """Messages in `sending` past their lease: the dispatcher died mid-request."""
+        """Messages in `sending` past their lease: the dispatcher died mid-request (or
+        cannot reach PostgreSQL to record the outcome).
+
+        The request may have reached the gateway. With a gateway that de-duplicates by
+        message id the message is fired again (`scheduled`, due in half a lease); with
+        `PROVIDER_DEDUPLICATES=false` a re-send could deliver it twice, so it becomes
+        `failed` ("unknown outcome: lease expired") with a DLQ record for an operator,
+        as the dispatcher does with an ambiguous answer. Either way `attempts` is kept:
+        an outcome of that attempt that arrives late is still written (the dispatcher
+        fences on it) and corrects this guess."""
+        # The dispatcher's outcome writes recognise this exact text (its lease_unknown).
+        lease_unknown = "unknown outcome: lease expired"
+        dedup = self.settings.provider_deduplicates
+        error = "lease expired: dispatcher stopped mid-request" if dedup else lease_unknown
+        status = MessageStatus.SCHEDULED if dedup else MessageStatus.FAILED
+        # Fired again after a further half lease: a dispatcher that is slow rather than
+        # dead still writes its outcome meanwhile (its writes fence on `attempts`, which
+        # a new claim would bump).
+        grace = timedelta(seconds=self.settings.sending_lease_s / 2)
         async with self.sessions() as session, session.begin():
+            extra: dict[str, Any] = {"due_at": func.now() + grace} if dedup else {}
             rows = await self._claim(
                 session,
                 and_(Message.status == MessageStatus.SENDING, Message.lease_until < func.now()),
-                status=MessageStatus.SCHEDULED,
-                due_at=func.now(),
+                status=status,
                 lease_until=None,
-                last_error="lease expired: dispatcher stopped mid-request",
+                last_error=error,
+                **extra,
             )
             await stage_status_events(
                 session,
                 self.topics,
                 [(m, g, c, a, MessageStatus.SENDING.value) for m, g, c, a in rows],
-                MessageStatus.SCHEDULED,
-                "lease expired",
+                status,
+                "lease expired" if dedup else lease_unknown,
             )
+            if not dedup and rows:
+                await add_events(
+                    session,
+                    self.topics.message_send_dlq,
+                    [
+                        SendMessage(
+                            payload=SendData(
+                                message_id=m,
+                                mailing_id=g,
+                                client_id=c,
+                                attempt=a,
+                                last_error=lease_unknown,
+                            )
+                        )
+                        for m, g, c, a in rows
+                    ],
+                )
         if rows:
-            log.warning("messages_recovered", count=len(rows))
+            log.warning("messages_recovered", count=len(rows), status=status.value)
             self._on_commit()
         return len(rows)
 
