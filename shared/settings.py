@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     scheduler_poll_interval_s: PositiveFloat = 0.2
     scheduler_batch_size: PositiveInt = 2000
     expansion_batch_size: PositiveInt = 50_000
+    # Expiry at stop time and the re-plan of an edit change a mailing's messages in
+    # transactions of message-id ranges this wide (so at most this many rows each).
+    scheduler_bulk_batch_size: PositiveInt = 5000
     # A message stuck in `sending` longer than this is recovered by the scheduler.
     sending_lease_s: PositiveFloat = 60.0
     # A message `queued` longer than this has its send command published again.
