@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from shared.events import (
     MessagesStatusChanged,
@@ -103,8 +103,19 @@ async def stage_status_events(
 Changes = Counter[tuple[int, str, str, str | None]]
 
 
+async def plan_each_batch(session: AsyncSession) -> None:
+    """For the rest of the transaction, plan each statement with its values.
+
+    A bulk step runs the same statements thousands of times with other id ranges: after a
+    few runs the driver prepares them and PostgreSQL may switch to a generic plan, whose
+    guesses (a few rows per range) can turn a probe per message into a loop over the
+    range's clients for every message. Planning anew costs a millisecond a step."""
+    await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
 async def move_batch(
     session: AsyncSession,
+    batch: ColumnElement[bool],
     condition: ColumnElement[bool],
     to: MessageStatus,
     *,
@@ -112,20 +123,21 @@ async def move_batch(
     skip_locked: bool = False,
     **values: Any,
 ) -> Changes:
-    """Move the messages matching `condition` to `to` (setting `values` too) in one
-    statement, and count them by (mailing, previous status): only the counts come back,
-    so memory does not grow with the batch. The caller bounds `condition` (an id range)
-    and stages the counts with `stage_changes` in the same transaction."""
+    """Move the messages of `batch` (a message-id range) matching `condition` to `to`
+    (setting `values` too) in one statement, and count them by (mailing, previous
+    status): only the counts come back, so memory does not grow with the batch. The
+    caller stages the counts with `stage_changes` in the same transaction."""
     old = (
         select(Message.id, Message.status)
-        .where(condition)
+        .where(batch, condition)
         .order_by(Message.id)
         .with_for_update(skip_locked=skip_locked)
         .cte("old")
     )
     changed = (
         update(Message)
-        .where(Message.id == old.c.id)
+        # The range again: the update then reads the batch's rows, not the table.
+        .where(Message.id == old.c.id, batch)
         .values(status=to, updated_at=func.now(), last_error=error, **values)
         .returning(Message.mailing_id, old.c.status.label("previous"))
         .cte("changed")

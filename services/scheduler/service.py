@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, insert
 
 from services.scheduler.planning import due_by_zone
-from shared.audience import audience_condition
+from shared.audience import Audience, resolve_audience
 from shared.events import MessagesCreated, MessagesCreatedData, SendData, SendMessage
 from shared.logging import bind_entities, clear_context, get_logger
 from shared.metrics import MESSAGES_FIRED, SCHEDULER_BACKLOG
@@ -60,6 +60,7 @@ from shared.outbox import add_events
 from shared.statuses import (
     Changes,
     move_batch,
+    plan_each_batch,
     stage_changes,
     stage_status_events,
     total,
@@ -237,7 +238,8 @@ class Scheduler:
         when the mailing changes meanwhile: the caller (or the next edit) starts over
         from the new row."""
         done = _Converged()
-        match = audience_condition(mailing.filter_tags, mailing.filter_codes)
+        audience = await resolve_audience(session, mailing.filter_tags, mailing.filter_codes)
+        match = audience.condition()
         zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
         plan = _plan(*due_by_zone(mailing, zones, now)) if zones else None
         low, high = (
@@ -254,15 +256,29 @@ class Scheduler:
             if not await self._current(session, mailing):
                 done.superseded = True
                 return done
+            await plan_each_batch(session)
             in_range = and_(
                 Message.mailing_id == mailing.id, Message.id >= first, Message.id < first + step
             )
+            # The range's clients, as an id range too: the statements below then read
+            # the clients of this batch, not the whole audience. (The count keeps the
+            # planner from walking the (mailing, client) index for the min and max.)
+            first_client, last_client, count = (
+                await session.execute(
+                    select(
+                        func.min(Message.client_id), func.max(Message.client_id), func.count()
+                    ).where(in_range)
+                )
+            ).one()
+            if not count:
+                continue
+            of_range = audience.condition((first_client, last_client))
             changes = await move_batch(
                 session,
+                in_range,
                 and_(
-                    in_range,
                     Message.status.in_(_WAITING),
-                    ~exists(select(Client.id).where(Client.id == Message.client_id, match)),
+                    ~exists(select(Client.id).where(Client.id == Message.client_id, of_range)),
                 ),
                 MessageStatus.CANCELLED,
                 error=NO_MATCH,
@@ -270,7 +286,7 @@ class Scheduler:
             )
             done.cancelled += total(changes)
             if plan is not None:
-                replanned = await self._replan(session, mailing, match, plan, in_range)
+                replanned = await self._replan(session, mailing, of_range, plan, in_range)
                 done.replanned += total(replanned)
                 changes.update(replanned)
             staged = await stage_changes(session, self.topics, changes)
@@ -278,7 +294,7 @@ class Scheduler:
             if staged:
                 self._on_commit()
         if plan is not None:
-            added = await self._expand(session, mailing, match, plan)
+            added = await self._expand(session, mailing, audience, plan)
             done.added += added.added
             done.superseded = added.superseded
         return done
@@ -315,7 +331,8 @@ class Scheduler:
         no_time = old.c.due.is_(None)
         changed = (
             update(Message)
-            .where(Message.id == old.c.id)
+            # The range again: the update then reads the batch's rows, not the table.
+            .where(Message.id == old.c.id, in_range)
             .values(
                 status=case(
                     (no_time, MessageStatus.EXPIRED.value), else_=MessageStatus.SCHEDULED.value
@@ -346,14 +363,16 @@ class Scheduler:
         )
 
     async def _expand(
-        self, session: AsyncSession, mailing: Mailing, match: ColumnElement[bool], plan: Any
+        self, session: AsyncSession, mailing: Mailing, audience: Audience, plan: Any
     ) -> _Converged:
         """Insert one message per matching client without one, in client-id batches,
         committing each (with its `messages.created` event); stops when the mailing
         changes meanwhile."""
         done = _Converged()
         bounds = (
-            await session.execute(select(func.min(Client.id), func.max(Client.id)).where(match))
+            await session.execute(
+                select(func.min(Client.id), func.max(Client.id)).where(audience.condition())
+            )
         ).one()
         low, high = bounds
         if low is None:
@@ -386,7 +405,7 @@ class Scheduler:
                         case((plan.c.due.is_(None), NO_TIME), else_=null()),
                     )
                     .join(plan, plan.c.zone == Client.timezone)
-                    .where(match, Client.id >= first, Client.id < first + step),
+                    .where(audience.condition((first, first + step - 1))),
                 )
                 .on_conflict_do_nothing(index_elements=["mailing_id", "client_id"])
                 .returning(Message.status)
@@ -527,12 +546,15 @@ class Scheduler:
                 ).one()
                 await session.commit()
                 for first in range(low, high + 1, step) if low is not None else ():
+                    await plan_each_batch(session)
                     changes = await move_batch(
                         session,
                         and_(
                             Message.mailing_id == mailing_id,
                             Message.id >= first,
                             Message.id < first + step,
+                        ),
+                        and_(
                             Message.status.in_(_WAITING),
                             # Re-read each step: an edit may have moved the stop time.
                             Message.mailing_id.in_(
