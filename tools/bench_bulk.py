@@ -6,9 +6,11 @@ Loads N clients (every second one tagged `half`) and one running mailing with N
 `scheduled` messages straight into PostgreSQL (set-based SQL), then runs, in this
 process, the scheduler's own code on it:
 
-* edit: the mailing's filter becomes the tag `half` (as a PUT leaves the row: version
-  + 1), then `Scheduler.apply_edit`: half the messages cancelled, half re-planned;
-* expiry: the stop time moves to the past, then `Scheduler.expire_past_stop`.
+* expiry: the stop time moves to the past, then `Scheduler.expire_past_stop`: all N
+  messages `expired`;
+* edit: the stop time moves a day ahead and the filter becomes the tag `half` (as a PUT
+  leaves the row: version + 1), then `Scheduler.apply_edit`: the N/2 matching clients'
+  expired messages re-planned (a new chance), the others left as they are.
 
 For each it prints the messages changed, the status events staged in the outbox, the
 seconds, and this process's resident memory (VmRSS, sampled every 20 ms) before and at
@@ -156,16 +158,17 @@ async def amain(messages: int) -> int:
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(
-                "UPDATE mailing SET filter_tags = '{half}', version = version + 1 WHERE id = %s",
-                (mailing_id,),
-            )
-        await phase("edit", conninfo, mailing_id, lambda: scheduler.apply_edit(mailing_id))
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(
                 "UPDATE mailing SET stop_at = now() - interval '1 second' WHERE id = %s",
                 (mailing_id,),
             )
         await phase("expiry", conninfo, mailing_id, scheduler.expire_past_stop)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE mailing SET filter_tags = '{half}', version = version + 1, "
+                "stop_at = now() + interval '1 day' WHERE id = %s",
+                (mailing_id,),
+            )
+        await phase("edit", conninfo, mailing_id, lambda: scheduler.apply_edit(mailing_id))
     finally:
         await engine.dispose()
     return 0
