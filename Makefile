@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -61,6 +61,12 @@ clean:
 MESSAGES ?= 100000
 bench-api: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_api --messages $(MESSAGES)
+
+# The scheduler's memory and time for an edit and the expiry of a mailing of BULK
+# messages (default 1000000).
+BULK ?= 1000000
+bench-bulk: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_bulk --messages $(BULK)
 
 # Ask the running reporter (`make dev`: port 8003) to send the report now, to
 # REPORT_RECIPIENTS or to TO=a@example.com,b@example.com. Token: the first of API_TOKENS.

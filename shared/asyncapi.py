@@ -103,8 +103,11 @@ def published_channels(kind: Published, topics: Topics) -> list[tuple[str, Any, 
             (
                 topics.message_status,
                 StatusEvent,
-                "One event per message status change, and one per bulk creation of a "
-                "mailing's messages (counts by initial status), keyed by mailing id.",
+                "One event per message status change (`message.status_changed`); one per "
+                "bulk creation step of a mailing's messages, with counts by initial status "
+                "(`messages.created`); one per bulk status-change step (expiry at stop time, "
+                "the re-plan of an edit), with counts per previous -> new status "
+                "(`messages.status_changed`). Keyed by mailing id.",
             )
         ]
     assert_never(kind)

@@ -178,8 +178,36 @@ class MessagesCreated(Envelope[MessagesCreatedData]):
         return str(self.payload.mailing_id)
 
 
-# What `message.status` carries: every status change, and bulk creations.
-StatusEvent = Annotated[MessageStatusChanged | MessagesCreated, Field(discriminator="type")]
+class StatusCount(Payload):
+    previous_status: str
+    status: str
+    count: int
+    error: str | None = None
+
+
+class MessagesStatusChangedData(Payload):
+    mailing_id: int
+    # Messages moved by one bounded step, by (previous status -> new status).
+    changes: list[StatusCount]
+    at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class MessagesStatusChanged(Envelope[MessagesStatusChangedData]):
+    """Status changes in bulk (expiry at stop time, the re-plan of an edit): one event
+    per step of at most `SCHEDULER_BULK_BATCH_SIZE` messages, with counts, not one per
+    message. Each message of the step changed exactly once, in the step's transaction."""
+
+    type: Literal["messages.status_changed"] = "messages.status_changed"
+
+    def key(self) -> str:
+        return str(self.payload.mailing_id)
+
+
+# What `message.status` carries: every status change one by one, bulk creations and
+# bulk status changes.
+StatusEvent = Annotated[
+    MessageStatusChanged | MessagesCreated | MessagesStatusChanged, Field(discriminator="type")
+]
 
 mailing_event_adapter: TypeAdapter[MailingEvent] = TypeAdapter(MailingEvent)
 client_event_adapter: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     expansion_batch_size: PositiveInt = 50_000
     # A request starts only if its deadline ends at least this long before its lease.
     sending_lease_margin_s: PositiveFloat = 1.0
+    # Expiry at stop time and the re-plan of an edit change a mailing's messages in
+    # transactions of message-id ranges this wide (so at most this many rows each).
+    scheduler_bulk_batch_size: PositiveInt = 5000
     # A message stuck in `sending` longer than this is recovered by the scheduler.
     sending_lease_s: PositiveFloat = Field(default=60.0, validate_default=True)
     # The retry tiers give up (`failed`, and a DLQ record) after this many transient

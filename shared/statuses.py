@@ -2,20 +2,33 @@
 
 The event is staged in the outbox in the same transaction as the change, so the
 reporter and other systems see every change exactly once per commit.
+
+Two shapes: `transition_where` for a small set of messages (one client's, a batch a
+dispatcher or the scheduler claimed), one `message.status_changed` event per message;
+`move_batch` + `stage_changes` for bulk work (expiry at stop time, the re-plan of an
+edit), which the caller bounds (an id range) and which stages one aggregated
+`messages.status_changed` event per mailing and step, counts per (previous -> new).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
-from shared.events import MessageStatusChanged, StatusData
+from shared.events import (
+    MessagesStatusChanged,
+    MessagesStatusChangedData,
+    MessageStatusChanged,
+    StatusCount,
+    StatusData,
+)
 from shared.models import Message, MessageStatus
 from shared.outbox import add_events
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +46,7 @@ async def transition_where(
 ) -> int:
     """Move every message matching `condition` to `to`; stage one event each.
 
+    For small sets only: the rows come back to Python (use `move_batch` for bulk work).
     Returns the number of messages changed. Rows are locked in id order, so concurrent
     bulk transitions do not deadlock.
     """
@@ -82,4 +96,89 @@ async def stage_status_events(
             )
             for message_id, mailing_id, client_id, attempt, previous in rows
         ],
+    )
+
+
+# (mailing_id, previous status, new status, error) -> how many messages.
+Changes = Counter[tuple[int, str, str, str | None]]
+
+
+async def plan_each_batch(session: AsyncSession) -> None:
+    """For the rest of the transaction, plan each statement with its values.
+
+    A bulk step runs the same statements thousands of times with other id ranges: after a
+    few runs the driver prepares them and PostgreSQL may switch to a generic plan, whose
+    guesses (a few rows per range) can turn a probe per message into a loop over the
+    range's clients for every message. Planning anew costs a millisecond a step."""
+    await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+async def move_batch(
+    session: AsyncSession,
+    batch: ColumnElement[bool],
+    condition: ColumnElement[bool],
+    to: MessageStatus,
+    *,
+    error: str | None = None,
+    skip_locked: bool = False,
+    **values: Any,
+) -> Changes:
+    """Move the messages of `batch` (a message-id range) matching `condition` to `to`
+    (setting `values` too) in one statement, and count them by (mailing, previous
+    status): only the counts come back, so memory does not grow with the batch. The
+    caller stages the counts with `stage_changes` in the same transaction."""
+    old = (
+        select(Message.id, Message.status)
+        .where(batch, condition)
+        .order_by(Message.id)
+        .with_for_update(skip_locked=skip_locked)
+        .cte("old")
+    )
+    changed = (
+        update(Message)
+        # The range again: the update then reads the batch's rows, not the table.
+        .where(Message.id == old.c.id, batch)
+        .values(status=to, updated_at=func.now(), last_error=error, **values)
+        .returning(Message.mailing_id, old.c.status.label("previous"))
+        .cte("changed")
+    )
+    counted = await session.execute(
+        select(changed.c.mailing_id, changed.c.previous, func.count()).group_by(
+            changed.c.mailing_id, changed.c.previous
+        )
+    )
+    return Counter(
+        {(mailing, previous, to.value, error): count for mailing, previous, count in counted}
+    )
+
+
+async def stage_changes(session: AsyncSession, topics: Topics, changes: Changes) -> int:
+    """Stage one `messages.status_changed` event per mailing for `changes` (changes to
+    the same status are no change and left out); return how many events."""
+    by_mailing: dict[int, list[StatusCount]] = {}
+    for (mailing_id, previous, status, error), count in sorted(
+        changes.items(), key=lambda item: (item[0][0], item[0][1], item[0][2], item[0][3] or "")
+    ):
+        if count and previous != status:
+            by_mailing.setdefault(mailing_id, []).append(
+                StatusCount(previous_status=previous, status=status, count=count, error=error)
+            )
+    await add_events(
+        session,
+        topics.message_status,
+        [
+            MessagesStatusChanged(
+                payload=MessagesStatusChangedData(mailing_id=mailing_id, changes=counts)
+            )
+            for mailing_id, counts in by_mailing.items()
+        ],
+    )
+    return len(by_mailing)
+
+
+def total(changes: Changes, statuses: Iterable[str] | None = None) -> int:
+    """How many messages `changes` counts (moved to one of `statuses`, if given)."""
+    wanted = None if statuses is None else set(statuses)
+    return sum(
+        count for (_, _, status, _), count in changes.items() if wanted is None or status in wanted
     )

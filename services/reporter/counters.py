@@ -1,12 +1,13 @@
 """Per-mailing message counts by status, kept from the `message.status` stream.
 
-Every status change arrives as an event naming the new and the previous status, and
-bulk creations as one event with counts: a count is the sum of +1/-1 deltas, which
-commute, so the order events arrive in does not matter. A batch of events is applied in
-one transaction together with their ids in `processed_event`; an event whose id is
-already there (a Kafka redelivery, the outbox republishing after a crash, a duplicate)
-changes nothing. At rest the counters therefore equal a fresh
-`COUNT(*) ... GROUP BY mailing_id, status` over the messages.
+Every status change arrives as an event naming the new and the previous status, bulk
+creations as one event with counts by status, and bulk status changes (expiry at stop
+time, the re-plan of an edit) as one event per step with counts per (previous -> new):
+a count is the sum of deltas, which commute, so the order events arrive in does not
+matter. A batch of events is applied in one transaction together with their ids in
+`processed_event`; an event whose id is already there (a Kafka redelivery, the outbox
+republishing after a crash, a duplicate) changes nothing. At rest the counters
+therefore equal a fresh `COUNT(*) ... GROUP BY mailing_id, status` over the messages.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from shared.db import engine_of, prune_in_batches
-from shared.events import MessagesCreated, MessageStatusChanged, StatusEvent
+from shared.events import (
+    MessagesCreated,
+    MessagesStatusChanged,
+    MessageStatusChanged,
+    StatusEvent,
+)
 from shared.logging import get_logger
 from shared.metrics import MAILING_STATUS, REPORTER_STATUS
 from shared.models import Mailing, MailingStatusCount, MessageStatus
@@ -90,6 +96,10 @@ def deltas_of(events: Sequence[StatusEvent]) -> Counter[tuple[int, str]]:
         if isinstance(event, MessagesCreated):
             for status, count in event.payload.counts.items():
                 deltas[(event.payload.mailing_id, status)] += count
+        elif isinstance(event, MessagesStatusChanged):
+            for change in event.payload.changes:
+                deltas[(event.payload.mailing_id, change.status)] += change.count
+                deltas[(event.payload.mailing_id, change.previous_status)] -= change.count
         else:
             data = event.payload
             deltas[(data.mailing_id, data.status)] += 1
@@ -194,9 +204,15 @@ def log_applied(events: Sequence[StatusEvent]) -> None:
                 attempt=data.attempt,
                 error=data.error,
             )
-        else:
+        elif isinstance(event, MessagesCreated):
             log.info(
                 "messages_created",
                 mailing_id=event.payload.mailing_id,
                 counts=event.payload.counts,
+            )
+        else:
+            log.info(
+                "messages_status_changed",
+                mailing_id=event.payload.mailing_id,
+                changes=[change.model_dump(exclude_none=True) for change in event.payload.changes],
             )

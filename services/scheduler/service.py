@@ -7,11 +7,14 @@
   reach a dispatcher before the row it names is `queued`). If publishing fails, the
   batch goes back to `scheduled` (compare-and-set) and is fired again; a crash between
   the commit and the publish is covered by re-publishing long-`queued` messages;
-- expire: pending messages of mailings past their stop time;
+- expire: pending messages of mailings past their stop time, by message-id ranges, one
+  transaction and one aggregated status event per range;
 - recover: messages stuck in `sending` past their lease go back to `retrying` and are
   fired again with the same message id (the gateway de-duplicates by it);
 - edit: a new mailing version re-plans pending messages, cancels clients that no longer
-  match, adds new ones and gives failed, expired and cancelled ones a new chance.
+  match, adds new ones and gives failed, expired and cancelled ones a new chance, by
+  message-id ranges as expiry does; activation does the same when the mailing is edited
+  while its audience is being expanded (`_converge`: the row is the truth).
 
 Several scheduler processes may run: row claims skip locked rows, and work on one
 mailing (activation, edit) holds that mailing's advisory lock.
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +35,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     literal,
     null,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, insert
 
 from services.scheduler.planning import due_by_zone
-from shared.audience import audience_condition
+from shared.audience import Audience, resolve_audience
 from shared.events import MessagesCreated, MessagesCreatedData, SendData, SendMessage
 from shared.logging import bind_entities, clear_context, get_logger
 from shared.metrics import MESSAGES_FIRED, SCHEDULER_BACKLOG
@@ -52,12 +57,21 @@ from shared.models import (
     MessageStatus,
 )
 from shared.outbox import add_events
-from shared.statuses import stage_status_events, transition_where
+from shared.statuses import (
+    Changes,
+    move_batch,
+    plan_each_batch,
+    stage_changes,
+    stage_status_events,
+    total,
+    transition_where,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from faststream.kafka import KafkaBroker
+    from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
@@ -72,10 +86,37 @@ _WAITING = (MessageStatus.SCHEDULED, MessageStatus.QUEUED, MessageStatus.RETRYIN
 # Did not receive the mailing: an edit gives these a new chance.
 _RETRYABLE = (MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED)
 NO_TIME = "no allowed local time before stop"
+NO_MATCH = "no longer matches the mailing"
+STOP_REACHED = "stop time reached"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _plan(names: list[str], dues: list[datetime | None]) -> Any:
+    """(zone, due) rows for SQL to join onto clients by time zone."""
+    return select(
+        func.unnest(bindparam("zones", names, type_=ARRAY(Client.timezone.type))).label("zone"),
+        func.unnest(bindparam("dues", dues, type_=ARRAY(TIMESTAMP(timezone=True)))).label("due"),
+    ).subquery("plan")
+
+
+@dataclass
+class _Converged:
+    """What bringing a mailing's messages to its row did (`Scheduler._converge`)."""
+
+    cancelled: int = 0
+    replanned: int = 0
+    added: int = 0
+    superseded: bool = False  # the mailing changed meanwhile; stopped early
+
+    def __iadd__(self, other: _Converged) -> _Converged:
+        self.cancelled += other.cancelled
+        self.replanned += other.replanned
+        self.added += other.added
+        self.superseded = other.superseded
+        return self
 
 
 class Scheduler:
@@ -117,30 +158,48 @@ class Scheduler:
         return activated
 
     async def activate(self, mailing_id: int) -> int:
-        """Expand one mailing's audience into messages; 1 if this call activated it."""
+        """Expand one mailing's audience into messages; 1 if this call activated it.
+
+        The mailing row is the truth: if it changes (an edit) while the audience is being
+        expanded, the messages made so far are brought to the new version (clients that
+        no longer match cancelled, the others re-planned) and the new audience expanded
+        before the mailing becomes `running`, at its new version."""
         async with self._mailing_lock(mailing_id, wait=False) as locked:
             if not locked:
                 return 0  # another scheduler is on it
+            started = asyncio.get_running_loop().time()
+            done = _Converged()
             async with self.sessions() as session:
-                mailing = await session.get(Mailing, mailing_id)
-                if mailing is None or mailing.state != MailingState.SCHEDULED:
-                    return 0
-                bind_entities(mailing_id=mailing_id)
-                started = asyncio.get_running_loop().time()
-                created = await self._expand(session, mailing, now=_now())
-                await session.execute(
-                    update(Mailing)
-                    .where(Mailing.id == mailing_id, Mailing.version == mailing.version)
-                    .values(
-                        state=MailingState.RUNNING,
-                        activated_at=func.now(),
-                        updated_at=func.now(),
+                while True:
+                    mailing = await session.get(Mailing, mailing_id, populate_existing=True)
+                    if mailing is None or mailing.state != MailingState.SCHEDULED:
+                        return 0
+                    bind_entities(mailing_id=mailing_id)
+                    done += await self._converge(session, mailing, now=_now())
+                    running = await session.scalar(
+                        update(Mailing)
+                        .where(
+                            Mailing.id == mailing_id,
+                            Mailing.version == mailing.version,
+                            Mailing.state == MailingState.SCHEDULED,
+                        )
+                        .values(
+                            state=MailingState.RUNNING,
+                            activated_at=func.now(),
+                            updated_at=func.now(),
+                        )
+                        .returning(Mailing.id)
                     )
-                )
-                await session.commit()
+                    await session.commit()
+                    if running is not None:
+                        break
+                    # Edited meanwhile: bring what was made so far to the new version.
+                    log.info("mailing_changed_during_activation", version=mailing.version)
             log.info(
                 "mailing_activated",
-                messages=created,
+                messages=done.added,
+                cancelled=done.cancelled,
+                replanned=done.replanned,
                 version=mailing.version,
                 seconds=round(asyncio.get_running_loop().time() - started, 3),
             )
@@ -164,32 +223,167 @@ class Scheduler:
                     )
                 )
 
-    async def _expand(self, session: AsyncSession, mailing: Mailing, *, now: datetime) -> int:
-        """Insert one message per matching client, in client-id batches, committing each."""
-        condition = audience_condition(mailing.filter_tags, mailing.filter_codes)
-        zones = list(await session.scalars(select(Client.timezone).where(condition).distinct()))
-        if not zones:
-            return 0
-        names, dues = due_by_zone(mailing, zones, now)
+    async def _converge(
+        self, session: AsyncSession, mailing: Mailing, *, now: datetime
+    ) -> _Converged:
+        """Bring the mailing's messages to its row (the truth), a bounded step at a time.
+
+        By message-id ranges of `scheduler_bulk_batch_size`: waiting messages of clients
+        that no longer match are `cancelled`; waiting and retryable (`failed`, `expired`,
+        `cancelled`) messages of an older version whose client matches are re-planned
+        (`scheduled` at a new due time, or `expired` without one). Then matching clients
+        without a message get one (`_expand`). Each step is a transaction with one
+        aggregated status event; a message done carries the mailing's version, so a
+        crash mid-way resumes where it stopped and a replay changes nothing. Stops early
+        when the mailing changes meanwhile: the caller (or the next edit) starts over
+        from the new row."""
+        done = _Converged()
+        audience = await resolve_audience(session, mailing.filter_tags, mailing.filter_codes)
+        match = audience.condition()
+        zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
+        plan = _plan(*due_by_zone(mailing, zones, now)) if zones else None
+        low, high, _ = (
+            await session.execute(
+                # With the count, from the (mailing, status) index: not a walk of the
+                # primary key from its start until this mailing's first message.
+                select(func.min(Message.id), func.max(Message.id), func.count()).where(
+                    Message.mailing_id == mailing.id,
+                    Message.status.in_([*_WAITING, *_RETRYABLE]),
+                )
+            )
+        ).one()
+        await session.commit()
+        step = self.settings.scheduler_bulk_batch_size
+        for first in range(low, high + 1, step) if low is not None else ():
+            if not await self._current(session, mailing):
+                done.superseded = True
+                return done
+            await plan_each_batch(session)
+            in_range = and_(
+                Message.mailing_id == mailing.id, Message.id >= first, Message.id < first + step
+            )
+            # The range's clients, as an id range too: the statements below then read
+            # the clients of this batch, not the whole audience. (The count keeps the
+            # planner from walking the (mailing, client) index for the min and max.)
+            first_client, last_client, count = (
+                await session.execute(
+                    select(
+                        func.min(Message.client_id), func.max(Message.client_id), func.count()
+                    ).where(in_range)
+                )
+            ).one()
+            if not count:
+                continue
+            of_range = audience.condition((first_client, last_client))
+            changes = await move_batch(
+                session,
+                in_range,
+                and_(
+                    Message.status.in_(_WAITING),
+                    ~exists(select(Client.id).where(Client.id == Message.client_id, of_range)),
+                ),
+                MessageStatus.CANCELLED,
+                error=NO_MATCH,
+                mailing_version=mailing.version,
+            )
+            done.cancelled += total(changes)
+            if plan is not None:
+                replanned = await self._replan(session, mailing, of_range, plan, in_range)
+                done.replanned += total(replanned)
+                changes.update(replanned)
+            staged = await stage_changes(session, self.topics, changes)
+            await session.commit()
+            if staged:
+                self._on_commit()
+        if plan is not None:
+            added = await self._expand(session, mailing, audience, plan)
+            done.added += added.added
+            done.superseded = added.superseded
+        return done
+
+    async def _current(self, session: AsyncSession, mailing: Mailing) -> bool:
+        """Whether the mailing row still has the version being worked on."""
+        version = await session.scalar(select(Mailing.version).where(Mailing.id == mailing.id))
+        return version == mailing.version
+
+    async def _replan(
+        self,
+        session: AsyncSession,
+        mailing: Mailing,
+        match: ColumnElement[bool],
+        plan: Any,
+        in_range: ColumnElement[bool],
+    ) -> Changes:
+        """Waiting and retryable messages in `in_range` of matching clients, of an older
+        version: a new due time from their zone's plan (`expired` when there is none)."""
+        old = (
+            select(Message.id, Message.status, plan.c.due)
+            .join(Client, Client.id == Message.client_id)
+            .join(plan, plan.c.zone == Client.timezone)
+            .where(
+                in_range,
+                Message.status.in_([*_WAITING, *_RETRYABLE]),
+                Message.mailing_version < mailing.version,
+                match,
+            )
+            .order_by(Message.id)
+            .with_for_update(of=Message)
+            .cte("old")
+        )
+        no_time = old.c.due.is_(None)
+        changed = (
+            update(Message)
+            # The range again: the update then reads the batch's rows, not the table.
+            .where(Message.id == old.c.id, in_range)
+            .values(
+                status=case(
+                    (no_time, MessageStatus.EXPIRED.value), else_=MessageStatus.SCHEDULED.value
+                ),
+                due_at=old.c.due,
+                mailing_version=mailing.version,
+                last_error=case((no_time, NO_TIME), else_=null()),
+                updated_at=func.now(),
+            )
+            .returning(old.c.status.label("previous"), Message.status)
+            .cte("changed")
+        )
+        counted = await session.execute(
+            select(changed.c.previous, changed.c.status, func.count()).group_by(
+                changed.c.previous, changed.c.status
+            )
+        )
+        return Counter(
+            {
+                (
+                    mailing.id,
+                    previous,
+                    status,
+                    NO_TIME if status == MessageStatus.EXPIRED else None,
+                ): n
+                for previous, status, n in counted
+            }
+        )
+
+    async def _expand(
+        self, session: AsyncSession, mailing: Mailing, audience: Audience, plan: Any
+    ) -> _Converged:
+        """Insert one message per matching client without one, in client-id batches,
+        committing each (with its `messages.created` event); stops when the mailing
+        changes meanwhile."""
+        done = _Converged()
         bounds = (
-            await session.execute(select(func.min(Client.id), func.max(Client.id)).where(condition))
+            await session.execute(
+                select(func.min(Client.id), func.max(Client.id)).where(audience.condition())
+            )
         ).one()
         low, high = bounds
         if low is None:
-            return 0
-        plan = (
-            select(
-                func.unnest(bindparam("zones", names, type_=ARRAY(Client.timezone.type))).label(
-                    "zone"
-                ),
-                func.unnest(bindparam("dues", dues, type_=ARRAY(TIMESTAMP(timezone=True)))).label(
-                    "due"
-                ),
-            )
-        ).subquery("plan")
-        created = 0
+            return done
         step = self.settings.expansion_batch_size
         for first in range(low, high + 1, step):
+            if not await self._current(session, mailing):
+                done.superseded = True
+                break
             inserted = (
                 insert(Message)
                 .from_select(
@@ -213,7 +407,7 @@ class Scheduler:
                         case((plan.c.due.is_(None), NO_TIME), else_=null()),
                     )
                     .join(plan, plan.c.zone == Client.timezone)
-                    .where(condition, Client.id >= first, Client.id < first + step),
+                    .where(audience.condition((first, first + step - 1))),
                 )
                 .on_conflict_do_nothing(index_elements=["mailing_id", "client_id"])
                 .returning(Message.status)
@@ -238,8 +432,8 @@ class Scheduler:
                     ],
                 )
             await session.commit()
-            created += sum(counts.values())
-        return created
+            done.added += sum(counts.values())
+        return done
 
     # --- firing due messages -----------------------------------------------------------
 
@@ -323,29 +517,71 @@ class Scheduler:
     # --- expiry, lease recovery, finishing ---------------------------------------------
 
     async def expire_past_stop(self) -> int:
-        """Pending messages (not in flight) of mailings past their stop time expire."""
-        async with self.sessions() as session, session.begin():
-            stopped = select(Mailing.id).where(Mailing.stop_at <= func.now())
-            count = await transition_where(
-                session,
-                self.topics,
-                and_(
-                    Message.mailing_id.in_(stopped),
-                    Message.status.in_(
-                        [MessageStatus.SCHEDULED, MessageStatus.QUEUED, MessageStatus.RETRYING]
-                    ),
-                ),
-                MessageStatus.EXPIRED,
-                error="stop time reached",
+        """Pending messages (not in flight) of mailings past their stop time expire.
+
+        A bounded step at a time: one message-id range (`scheduler_bulk_batch_size`) of
+        one mailing per transaction, with one aggregated status event; messages locked
+        by someone else are left for the next pass. Restartable as it goes: an expired
+        message is no longer pending."""
+        step = self.settings.scheduler_bulk_batch_size
+        count = 0
+        async with self.sessions() as session:
+            stopped = list(
+                await session.scalars(
+                    select(Mailing.id)
+                    .where(
+                        Mailing.stop_at <= func.now(),
+                        exists().where(
+                            Message.mailing_id == Mailing.id, Message.status.in_(_WAITING)
+                        ),
+                    )
+                    .order_by(Mailing.id)
+                )
             )
+            for mailing_id in stopped:
+                low, high, _ = (
+                    await session.execute(
+                        select(func.min(Message.id), func.max(Message.id), func.count()).where(
+                            Message.mailing_id == mailing_id, Message.status.in_(_WAITING)
+                        )
+                    )
+                ).one()
+                await session.commit()
+                for first in range(low, high + 1, step) if low is not None else ():
+                    await plan_each_batch(session)
+                    changes = await move_batch(
+                        session,
+                        and_(
+                            Message.mailing_id == mailing_id,
+                            Message.id >= first,
+                            Message.id < first + step,
+                        ),
+                        and_(
+                            Message.status.in_(_WAITING),
+                            # Re-read each step: an edit may have moved the stop time.
+                            Message.mailing_id.in_(
+                                select(Mailing.id).where(
+                                    Mailing.id == mailing_id, Mailing.stop_at <= func.now()
+                                )
+                            ),
+                        ),
+                        MessageStatus.EXPIRED,
+                        error=STOP_REACHED,
+                        skip_locked=True,
+                    )
+                    await stage_changes(session, self.topics, changes)
+                    await session.commit()
+                    if changes:
+                        count += total(changes)
+                        self._on_commit()
             await session.execute(
                 update(Mailing)
                 .where(Mailing.stop_at <= func.now(), Mailing.state != MailingState.FINISHED)
                 .values(state=MailingState.FINISHED, updated_at=func.now())
             )
+            await session.commit()
         if count:
-            log.info("messages_expired", count=count)
-            self._on_commit()
+            log.info("messages_expired", count=count, mailings=len(stopped))
         return count
 
     async def _claim(self, session: AsyncSession, condition: Any, **values: Any) -> Sequence[Any]:
@@ -455,7 +691,7 @@ class Scheduler:
 
     async def apply_edit(self, mailing_id: int) -> None:
         """Re-plan a running mailing after an update, from the row (the truth), so a
-        replayed or reordered event does the same thing."""
+        replayed or reordered event does the same thing (`_converge`)."""
         # Waits while another scheduler activates or edits this mailing.
         async with (
             self._mailing_lock(mailing_id, wait=True),
@@ -468,92 +704,19 @@ class Scheduler:
             now = _now()
             if mailing.state == MailingState.FINISHED and now < mailing.stop_at:
                 mailing.state = MailingState.RUNNING
-            match = audience_condition(mailing.filter_tags, mailing.filter_codes)
-            matching = select(Client.id).where(match)
-            cancelled = await transition_where(
-                session,
-                self.topics,
-                and_(
-                    Message.mailing_id == mailing_id,
-                    Message.status.in_(_WAITING),
-                    Message.client_id.not_in(matching),
-                ),
-                MessageStatus.CANCELLED,
-                error="no longer matches the mailing",
-            )
-            # Pending, retryable and newly matching clients: (re)plan from scratch.
-            zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
-            names, dues = due_by_zone(mailing, zones, now)
-            replanned = await self._replan(session, mailing, names, dues)
-            await session.commit()
-            created = await self._expand(session, mailing, now=now)
-            await session.commit()
+                await session.commit()
+            done = await self._converge(session, mailing, now=now)
             log.info(
                 "mailing_replanned",
                 version=mailing.version,
-                cancelled=cancelled,
-                replanned=replanned,
-                added=created,
+                cancelled=done.cancelled,
+                replanned=done.replanned,
+                added=done.added,
+                superseded=done.superseded,
             )
             clear_context()
         self._on_commit()
         self.wake()
-
-    async def _replan(
-        self, session: AsyncSession, mailing: Mailing, names: list[str], dues: list[Any]
-    ) -> int:
-        """Waiting and retryable messages of still-matching clients: new due time."""
-        if not names:
-            return 0
-        plan = dict(zip(names, dues, strict=True))
-        rows = (
-            await session.execute(
-                select(
-                    Message.id, Message.client_id, Message.attempts, Message.status, Client.timezone
-                )
-                .join(Client, Client.id == Message.client_id)
-                .where(
-                    Message.mailing_id == mailing.id,
-                    Message.status.in_([*_WAITING, *_RETRYABLE]),
-                    audience_condition(mailing.filter_tags, mailing.filter_codes),
-                )
-                .order_by(Message.id)
-                .with_for_update(of=Message)
-            )
-        ).all()
-        if not rows:
-            return 0
-        ids = [row.id for row in rows]
-        new_dues = [plan.get(row.timezone) for row in rows]
-        await session.execute(
-            text(
-                """
-                UPDATE message SET
-                    status = CASE WHEN c.due IS NULL THEN 'expired' ELSE 'scheduled' END,
-                    due_at = c.due,
-                    mailing_version = :version,
-                    last_error = CASE WHEN c.due IS NULL THEN :no_time END,
-                    updated_at = now()
-                FROM unnest(CAST(:ids AS bigint[]), CAST(:dues AS timestamptz[])) AS c(id, due)
-                WHERE message.id = c.id
-                """
-            ),
-            {"ids": ids, "dues": new_dues, "version": mailing.version, "no_time": NO_TIME},
-        )
-        for target in (MessageStatus.SCHEDULED, MessageStatus.EXPIRED):
-            changed = [
-                (row.id, mailing.id, row.client_id, row.attempts, row.status)
-                for row, due in zip(rows, new_dues, strict=True)
-                if (due is not None) == (target == MessageStatus.SCHEDULED) and row.status != target
-            ]
-            await stage_status_events(
-                session,
-                self.topics,
-                changed,
-                target,
-                None if target == MessageStatus.SCHEDULED else NO_TIME,
-            )
-        return len(rows)
 
     async def replan_client(self, client_id: int) -> None:
         """A client's time zone changed: re-plan its scheduled messages."""
