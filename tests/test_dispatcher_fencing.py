@@ -211,3 +211,30 @@ async def test_an_error_for_one_message_is_recorded_for_it_alone(infra: Infra) -
         assert sorted(gateway.sent) == sorted(c.message_id for c in commands if c != commands[1])
         [retry] = await parts.outbox(parts.topics.message_send_retry(1), commands[1].message_id)
         assert retry["failures"] == 1
+
+
+async def test_a_message_of_an_older_mailing_version_is_not_claimed(infra: Infra) -> None:
+    """An edit (PUT) commits a new mailing version at once, but the scheduler re-plans
+    its messages a moment later: a command fired before that must not send the old text
+    or reach a client the edit excluded. The claim leaves such a message alone; the
+    re-plan then moves it (re-planned or cancelled) and fires it again if it still
+    matches."""
+    async for parts in parts_for(infra):
+        command = await parts.queued_message()
+        await parts.sql(
+            "UPDATE mailing SET version = version + 1, text = 'edited' WHERE id = :id "
+            "RETURNING id",
+            id=command.mailing_id,
+        )
+
+        assert await parts.delivery.claim([command]) == []
+        row = await parts.row(command.message_id)
+        assert (row.status, row.attempts) == ("queued", 0)
+
+        # Once re-planned to the new version, its command is claimed as usual.
+        await parts.sql(
+            "UPDATE message SET mailing_version = 2 WHERE id = :id RETURNING id",
+            id=command.message_id,
+        )
+        [claimed] = await parts.delivery.claim([command])
+        assert (claimed.attempt, claimed.text) == (1, "edited")

@@ -91,6 +91,9 @@ CLAIM = text(
         lease_until = now() + make_interval(secs => :lease), updated_at = now()
     FROM target, mailing AS g, client AS c
     WHERE m.id = target.id AND g.id = m.mailing_id AND c.id = m.client_id
+      -- A message of an older version of its mailing waits for the scheduler's re-plan
+      -- of the edit (new text and window, or cancelled): never sent as it was.
+      AND m.mailing_version = g.version
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous,
               g.text, g.stop_at, g.window_start, g.window_end, c.phone, c.timezone, m.due_at
     """
