@@ -37,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
+from shared.periodic import repeat
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -258,24 +259,20 @@ class LagMonitor:
 
     async def run(self, interval_s: float) -> None:
         """Refresh every `interval_s` until cancelled or a stall is found."""
-        failing = False
-        while True:
-            try:
-                stalls = await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:
-                    log.warning("consumer_lag_unavailable", error=repr(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("consumer_lag_available")
-                failing = False
-                if stalls:
-                    self.on_stall(stalls)
-                    return
-            await asyncio.sleep(interval_s)
+
+        async def step() -> bool:
+            stalls = await self.refresh()
+            if stalls:
+                self.on_stall(stalls)
+            return bool(stalls)
+
+        await repeat(
+            step,
+            interval_s,
+            name="consumer_lag",
+            failed="consumer_lag_unavailable",
+            recovered="consumer_lag_available",
+        )
 
 
 def consumed_up_to(

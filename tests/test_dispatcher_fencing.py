@@ -222,8 +222,7 @@ async def test_a_message_of_an_older_mailing_version_is_not_claimed(infra: Infra
     async for parts in parts_for(infra):
         command = await parts.queued_message()
         await parts.sql(
-            "UPDATE mailing SET version = version + 1, text = 'edited' WHERE id = :id "
-            "RETURNING id",
+            "UPDATE mailing SET version = version + 1, text = 'edited' WHERE id = :id RETURNING id",
             id=command.mailing_id,
         )
 

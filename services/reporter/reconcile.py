@@ -41,7 +41,6 @@ of `message.status` for those mailings.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,8 +55,11 @@ from shared.events import StatusEvent, status_event_adapter
 from shared.logging import get_logger
 from shared.metrics import REPORTER_COUNTER_CORRECTIONS, REPORTER_COUNTER_DRIFT
 from shared.models import MessageStatus
+from shared.periodic import repeat
 
 if TYPE_CHECKING:
+    import asyncio
+
     from aiokafka import TopicPartition
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -295,21 +297,11 @@ def _events(payloads: Any) -> list[StatusEvent]:
 async def run(reconciler: Reconciler, interval_s: float, started: asyncio.Event) -> None:
     """A pass every `interval_s`; failures are logged once per episode."""
     await started.wait()
-    failing = False
+
+    async def once() -> None:
+        await reconciler.run_once()
+
     try:
-        while True:
-            try:
-                await reconciler.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:
-                    log.warning("reconcile_failed", error=repr(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("reconcile_recovered")
-                failing = False
-            await asyncio.sleep(interval_s)
+        await repeat(once, interval_s, name="reconcile")
     finally:
         await reconciler.close()

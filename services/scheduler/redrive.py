@@ -36,19 +36,20 @@ claim is a compare-and-set on the status with `attempts` as fencing token.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from services.scheduler.commands import publish_send_commands
 from shared.consumer_lag import KafkaOffsets, consumed_up_to
-from shared.events import SendData, SendMessage
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_REDRIVEN
+from shared.periodic import repeat
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Sequence
 
     from aiokafka import TopicPartition
@@ -228,51 +229,19 @@ class Redrive:
         return total
 
     async def _publish(self, rows: Sequence[Any]) -> None:
-        topic = self.topics.message_send
-        futures = []
-        for message_id, mailing_id, client_id, attempts in rows:
-            command = SendMessage(
-                payload=SendData(
-                    message_id=message_id,
-                    mailing_id=mailing_id,
-                    client_id=client_id,
-                    attempt=attempts,
-                )
-            )
-            futures.append(
-                await self.broker.publish(
-                    command.to_record(), topic, key=command.key().encode(), no_confirm=True
-                )
-            )
-        await asyncio.gather(*futures)
-        for message_id, mailing_id, client_id, attempts in rows:
-            log.info(
-                "send_command_redriven",
-                message_id=message_id,
-                mailing_id=mailing_id,
-                client_id=client_id,
-                attempt=attempts,
-            )
+        await publish_send_commands(
+            self.broker, self.topics.message_send, rows, event="send_command_redriven"
+        )
 
 
 async def run(redrive: Redrive, interval_s: float, started: asyncio.Event) -> None:
     """Every `interval_s`, one pass; failures are logged once per episode."""
     await started.wait()
-    failing = False
+
+    async def once() -> None:
+        await redrive.run_once()
+
     try:
-        while True:
-            try:
-                await redrive.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:
-                    log.warning("redrive_failed", error=repr(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("redrive_recovered")
-                failing = False
-            await asyncio.sleep(interval_s)
+        await repeat(once, interval_s, name="redrive")
     finally:
         await redrive.close()

@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, insert
 
+from services.scheduler.commands import publish_send_commands
 from services.scheduler.planning import due_by_zone
 from shared.audience import Audience, resolve_audience
 from shared.events import MessagesCreated, MessagesCreatedData, SendData, SendMessage
@@ -487,32 +488,9 @@ class Scheduler:
             )
 
     async def _publish_sends(self, rows: Sequence[Any]) -> None:
-        futures = []
-        topic = self.topics.message_send
-        for message_id, mailing_id, client_id, attempts in rows:
-            command = SendMessage(
-                payload=SendData(
-                    message_id=message_id,
-                    mailing_id=mailing_id,
-                    client_id=client_id,
-                    attempt=attempts,
-                )
-            )
-            futures.append(
-                await self.broker.publish(
-                    command.to_record(), topic, key=command.key().encode(), no_confirm=True
-                )
-            )
-        await asyncio.gather(*futures)
-        # One line per message (the hot path): its ids, explicitly, no context churn.
-        for message_id, mailing_id, client_id, attempts in rows:
-            log.info(
-                "send_command_published",
-                message_id=message_id,
-                mailing_id=mailing_id,
-                client_id=client_id,
-                attempt=attempts,
-            )
+        await publish_send_commands(
+            self.broker, self.topics.message_send, rows, event="send_command_published"
+        )
 
     # --- expiry, lease recovery, finishing ---------------------------------------------
 
