@@ -90,6 +90,38 @@ def test_each_fault_lands_in_its_row() -> None:
     assert len(figures.misses()) == 10
 
 
+def test_a_request_the_gateway_cut_off_is_its_own_allowed_row() -> None:
+    """The gateway took a request and closed the connection before answering (a
+    `refuse` outage): the dispatcher retries it with the same msgId. Counted apart from
+    the kills, allowed only right at the cut."""
+    plain = MailingSpec("plain", "plain text", T0, T0 + timedelta(hours=1), ["a"], id=1)
+    clients = [ClientSpec(i, f"7900000000{i}", "UTC", ["a"], id=10 + i) for i in range(1, 4)]
+    workload = Workload(clients, [plain], T0, 600, 1)
+    cut = T0 + timedelta(minutes=5)
+    ledger = [
+        # 11: in flight as the gateway cut its connections (noted just before), re-sent
+        entry("79000000001", "plain text", cut + timedelta(seconds=0.3)),
+        entry("79000000001", "plain text", cut + timedelta(seconds=40)),
+        # 12: accepted 30 s before the cut: no request is in flight that long
+        entry("79000000002", "plain text", cut - timedelta(seconds=30)),
+        entry("79000000002", "plain text", cut + timedelta(seconds=40)),
+        # 13: once
+        entry("79000000003", "plain text", cut),
+    ]
+    db = DatabaseView(
+        statuses={(1, 11): "sent", (1, 12): "sent", (1, 13): "sent"},
+        counts={(1, "sent"): 3},
+        counters={(1, "sent"): 3},
+        unpublished_outbox=0,
+    )
+    figures = analyse(workload, ledger, db, [], 2.5, gateway_cuts=[cut.timestamp()])
+
+    assert figures.twice_total == 2
+    assert (figures.twice_in_kill_window, figures.twice_at_gateway_cut) == (0, 1)
+    assert figures.twice_outside_window == 1
+    assert "in flight at a gateway cut" in render(figures)
+
+
 def test_the_edit_rule() -> None:
     mailings = plan_mailings(600, 7, T0)
     edited = mailings[2]

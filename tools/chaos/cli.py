@@ -207,7 +207,14 @@ async def soak(args: argparse.Namespace, workdir: Path, stack: Stack) -> Figures
         view = await asyncio.to_thread(read_database, stack.postgres.conninfo)
     ledger = await read_ledger(stack.sandbox.control_url)
     kill_window = float(SERVICE_ENV["PROVIDER_TIMEOUT_S"]) + 1.0
-    figures = analyse(workload, ledger, view, runner.dispatcher_kills(), kill_window)
+    figures = analyse(
+        workload,
+        ledger,
+        view,
+        runner.dispatcher_kills(),
+        kill_window,
+        gateway_cuts=runner.gateway_cuts(),
+    )
     reference = runner.last_fault_end or workload.end.timestamp()
     figures.drained = ok
     figures.seconds_to_drain = max(0.0, drained_at - reference) if ok else None

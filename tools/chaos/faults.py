@@ -95,6 +95,14 @@ class FaultRunner:
             if event.kind == "kill" and event.target.startswith("dispatcher")
         ]
 
+    def gateway_cuts(self) -> list[float]:
+        """When the gateway closed its connections (a `refuse` outage began)."""
+        return [
+            event.started_at
+            for event in self.log
+            if event.kind == "outage" and event.target == "gateway"
+        ]
+
     def as_json(self) -> list[dict[str, Any]]:
         return [asdict(event) for event in self.log]
 

@@ -16,7 +16,14 @@ Definitions:
   every repeat is explained by a dispatcher `kill -9` at `k`: the earlier acceptance `a`
   in `[k - W, k]` and the next one after `k`, with `W = PROVIDER_TIMEOUT_S + 1 s` (a
   request started before the kill and answered, whose outcome the killed process had
-  not recorded yet). Every other repeat is outside the allowed window;
+  not recorded yet). "In flight at a gateway cut" are those where every repeat is
+  explained by a kill or by the gateway closing its connections at `o` (a `refuse`
+  outage): the earlier acceptance in `[o - W, o + 1 s]` (the soak notes `o` a moment
+  before the sandbox closes its sockets) and the next one after `o`. The gateway took
+  that request and never answered it: the dispatcher saw a dropped connection, an
+  ambiguous outcome, and retried with the same msgId, which a de-duplicating gateway
+  drops (`PROVIDER_DEDUPLICATES=true`; with `false` the message is `failed` as an
+  unknown outcome instead). Every other repeat is outside the allowed windows;
 * sent after stop: acceptances at or after the mailing's stop time;
 * outside the window: acceptances at an instant `shared/windows.py` says is outside
   the client's local window;
@@ -41,6 +48,7 @@ from zoneinfo import ZoneInfo
 from shared.windows import is_allowed
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from services.sandbox.client import LedgerEntry
@@ -67,6 +75,7 @@ class Figures:
     ambiguous_after_edit: int = 0
     twice_total: int = 0
     twice_in_kill_window: int = 0
+    twice_at_gateway_cut: int = 0
     twice_outside_window: int = 0
     extra_deliveries: int = 0
     sent_after_stop: int = 0
@@ -96,7 +105,8 @@ class Figures:
             (self.lost == 0, f"lost {self.lost} (target 0)"),
             (
                 self.twice_outside_window == 0,
-                f"delivered twice outside the kill window {self.twice_outside_window} (target 0)",
+                f"delivered twice outside the allowed windows {self.twice_outside_window} "
+                "(target 0)",
             ),
             (self.sent_after_stop == 0, f"sent after stop {self.sent_after_stop} (target 0)"),
             (self.outside_window == 0, f"sent outside the window {self.outside_window}"),
@@ -128,10 +138,19 @@ class Figures:
         return data
 
 
-def _explained(times: list[float], kills: list[float], window: float) -> bool:
-    """Whether every repeat follows an acceptance in flight at a dispatcher kill."""
+# The soak notes a gateway cut's time a moment before the sandbox closes its sockets.
+CUT_SLACK_S = 1.0
+
+
+def _explained(
+    times: list[float], kills: list[float], window: float, cuts: Sequence[float] = ()
+) -> bool:
+    """Whether every repeat follows an acceptance in flight at a dispatcher kill (or,
+    with `cuts`, at a kill or when the gateway cut its connections)."""
     for earlier, later in itertools.pairwise(times):
-        if not any(earlier <= k <= earlier + window and later > k for k in kills):
+        at_kill = any(earlier <= k <= earlier + window and later > k for k in kills)
+        at_cut = any(o - window <= earlier <= o + CUT_SLACK_S and later > o for o in cuts)
+        if not (at_kill or at_cut):
             return False
     return True
 
@@ -142,6 +161,7 @@ def analyse(
     db: DatabaseView,
     dispatcher_kills: list[float],
     kill_window_s: float,
+    gateway_cuts: Sequence[float] = (),
 ) -> Figures:
     figures = Figures(kill_window_s=kill_window_s, unpublished_outbox=db.unpublished_outbox)
     by_phone: dict[int, ClientSpec] = {int(c.phone): c for c in workload.clients}
@@ -207,11 +227,15 @@ def analyse(
             stats[key]["twice"] += 1
             if _explained(times, dispatcher_kills, kill_window_s):
                 figures.twice_in_kill_window += 1
+            elif _explained(times, dispatcher_kills, kill_window_s, gateway_cuts):
+                figures.twice_at_gateway_cut += 1
             elif len(figures.twice_examples) < 10:
                 figures.twice_examples.append(
                     {"mailing_id": pair[0], "client_id": pair[1], "accepted_at": times}
                 )
-    figures.twice_outside_window = figures.twice_total - figures.twice_in_kill_window
+    figures.twice_outside_window = (
+        figures.twice_total - figures.twice_in_kill_window - figures.twice_at_gateway_cut
+    )
     figures.recorded_sent_not_accepted = sum(
         1 for pair, status in db.statuses.items() if status == "sent" and pair not in accepted
     )
@@ -265,7 +289,16 @@ def render(figures: Figures) -> str:
             str(f.twice_in_kill_window),
             "allowed",
         ),
-        ("  outside that window", str(f.twice_outside_window), _mark(f.twice_outside_window == 0)),
+        (
+            "  in flight at a gateway cut (same msgId)",
+            str(f.twice_at_gateway_cut),
+            "allowed",
+        ),
+        (
+            "  outside those windows",
+            str(f.twice_outside_window),
+            _mark(f.twice_outside_window == 0),
+        ),
         ("sent after stop", str(f.sent_after_stop), _mark(f.sent_after_stop == 0)),
         ("sent outside the window", str(f.outside_window), _mark(f.outside_window == 0)),
         ("old text after the edit", str(f.old_text_after_edit), _mark(f.old_text_after_edit == 0)),
