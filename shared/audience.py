@@ -19,6 +19,20 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
 
+# Why a pending message is cancelled when its client no longer matches the mailing.
+NO_LONGER_MATCHES = "no longer matches the mailing"
+
+# The same rule in plain SQL, for statements written as text: client `c` is reached by
+# mailing `g` (its current filters, read from the row).
+REACHES_SQL = """
+    c.deleted_at IS NULL
+    AND (cardinality(g.filter_codes) = 0 OR c.operator_code = ANY(g.filter_codes))
+    AND (cardinality(g.filter_tags) = 0 OR EXISTS (
+        SELECT 1 FROM client_tag AS ct JOIN tag AS t ON t.id = ct.tag_id
+        WHERE ct.client_id = c.id AND t.name = ANY(g.filter_tags)))
+"""
+
+
 def audience_condition(tags: Sequence[str], codes: Sequence[int]) -> ColumnElement[bool]:
     conditions: list[ColumnElement[bool]] = [Client.deleted_at.is_(None)]
     if tags:

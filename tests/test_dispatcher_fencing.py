@@ -213,12 +213,13 @@ async def test_an_error_for_one_message_is_recorded_for_it_alone(infra: Infra) -
         assert retry["failures"] == 1
 
 
-async def test_a_message_of_an_older_mailing_version_is_not_claimed(infra: Infra) -> None:
-    """An edit (PUT) commits a new mailing version at once, but the scheduler re-plans
-    its messages a moment later: a command fired before that must not send the old text
-    or reach a client the edit excluded. The claim leaves such a message alone; the
-    re-plan then moves it (re-planned or cancelled) and fires it again if it still
-    matches."""
+async def test_a_message_of_an_older_mailing_version_goes_out_as_the_mailing_is_now(
+    infra: Infra,
+) -> None:
+    """An edit (PUT) commits a new mailing version at once; the scheduler re-plans its
+    messages a moment later, and a message in flight then is out of the re-plan's
+    reach. Such a message of an older version is still claimed for a client the
+    mailing reaches, with the mailing's current text (and window, and stop time)."""
     async for parts in parts_for(infra):
         command = await parts.queued_message()
         await parts.sql(
@@ -226,14 +227,29 @@ async def test_a_message_of_an_older_mailing_version_is_not_claimed(infra: Infra
             id=command.mailing_id,
         )
 
-        assert await parts.delivery.claim([command]) == []
-        row = await parts.row(command.message_id)
-        assert (row.status, row.attempts) == ("queued", 0)
-
-        # Once re-planned to the new version, its command is claimed as usual.
-        await parts.sql(
-            "UPDATE message SET mailing_version = 2 WHERE id = :id RETURNING id",
-            id=command.message_id,
-        )
         [claimed] = await parts.delivery.claim([command])
         assert (claimed.attempt, claimed.text) == (1, "edited")
+
+
+async def test_a_message_an_edit_excluded_is_cancelled_not_claimed(infra: Infra) -> None:
+    async for parts in parts_for(infra):
+        command = await parts.queued_message()
+        code = await parts.sql(
+            "SELECT operator_code FROM client WHERE id = :id", id=command.client_id
+        )
+        await parts.sql(
+            "UPDATE mailing SET version = version + 1, filter_codes = :codes WHERE id = :id "
+            "RETURNING id",
+            id=command.mailing_id,
+            codes=[(code.operator_code + 1) % 1000],
+        )
+
+        assert await parts.delivery.claim([command]) == []
+        row = await parts.row(command.message_id)
+        assert (row.status, row.attempts, row.last_error) == (
+            "cancelled",
+            0,
+            "no longer matches the mailing",
+        )
+        events = await parts.outbox(parts.topics.message_status, command.message_id)
+        assert [(e["previous_status"], e["status"]) for e in events] == [("queued", "cancelled")]

@@ -45,6 +45,7 @@ from services.dispatcher.decisions import (
 )
 from services.dispatcher.gateway import Outcome, Result
 from services.dispatcher.recorder import OutcomeRecorder
+from shared.audience import NO_LONGER_MATCHES, REACHES_SQL
 from shared.events import SendData, SendMessage
 from shared.logging import get_logger
 from shared.metrics import (
@@ -76,8 +77,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+# REACHES_SQL is a constant of shared/audience.py, not input: hence the noqa below.
 CLAIM = text(
-    """
+    f"""
     WITH target AS (
         SELECT id, status AS previous FROM message
         WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('queued', 'retrying')
@@ -91,12 +93,36 @@ CLAIM = text(
         lease_until = now() + make_interval(secs => :lease), updated_at = now()
     FROM target, mailing AS g, client AS c
     WHERE m.id = target.id AND g.id = m.mailing_id AND c.id = m.client_id
-      -- A message of an older version of its mailing waits for the scheduler's re-plan
-      -- of the edit (new text and window, or cancelled): never sent as it was.
-      AND m.mailing_version = g.version
+      -- A message of an older version of its mailing (an edit not re-planned yet, or
+      -- in flight while it was) goes out only to a client the mailing still reaches;
+      -- text, window and stop time are the mailing's current ones (below).
+      AND (m.mailing_version = g.version OR ({REACHES_SQL}))
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous,
               g.text, g.stop_at, g.window_start, g.window_end, c.phone, c.timezone, m.due_at
-    """
+    """  # noqa: S608
+)
+
+# Before the claim: a message of an older version whose client the edited mailing no
+# longer reaches is cancelled, as the edit's re-plan does (it may have been in flight,
+# out of the re-plan's reach, when the edit landed).
+DROP_EXCLUDED = text(
+    f"""
+    WITH target AS (
+        SELECT m.id, m.status AS previous
+        FROM message AS m
+        JOIN mailing AS g ON g.id = m.mailing_id
+        JOIN client AS c ON c.id = m.client_id
+        WHERE m.id = ANY(CAST(:ids AS bigint[])) AND m.status IN ('queued', 'retrying')
+          AND m.mailing_version < g.version AND NOT ({REACHES_SQL})
+        ORDER BY m.id
+        FOR UPDATE OF m SKIP LOCKED
+    )
+    UPDATE message AS m
+    SET status = 'cancelled', last_error = :reason, lease_until = NULL, updated_at = now()
+    FROM target
+    WHERE m.id = target.id
+    RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous
+    """  # noqa: S608
 )
 
 # What the scheduler's lease recovery writes with PROVIDER_DEDUPLICATES=false: a guess
@@ -199,6 +225,18 @@ class Delivery:
         # transaction, which is no earlier than this: the end seen here is never late.
         lease_ends = time.monotonic() + lease
         async with self.sessions() as session, session.begin():
+            dropped = (
+                await session.execute(
+                    DROP_EXCLUDED, {"ids": list(by_id), "reason": NO_LONGER_MATCHES}
+                )
+            ).all()
+            await stage_status_events(
+                session,
+                self.topics,
+                [tuple(r) for r in dropped],
+                MessageStatus.CANCELLED,
+                NO_LONGER_MATCHES,
+            )
             rows = (await session.execute(CLAIM, {"ids": list(by_id), "lease": lease})).all()
             await stage_status_events(
                 session,

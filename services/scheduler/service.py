@@ -46,7 +46,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, insert
 
 from services.scheduler.commands import publish_send_commands
 from services.scheduler.planning import due_by_zone
-from shared.audience import Audience, resolve_audience
+from shared.audience import NO_LONGER_MATCHES, Audience, resolve_audience
 from shared.events import MessagesCreated, MessagesCreatedData, SendData, SendMessage
 from shared.logging import bind_entities, clear_context, get_logger
 from shared.metrics import MESSAGES_FIRED, SCHEDULER_BACKLOG
@@ -87,7 +87,6 @@ _WAITING = (MessageStatus.SCHEDULED, MessageStatus.QUEUED, MessageStatus.RETRYIN
 # Did not receive the mailing: an edit gives these a new chance.
 _RETRYABLE = (MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED)
 NO_TIME = "no allowed local time before stop"
-NO_MATCH = "no longer matches the mailing"
 STOP_REACHED = "stop time reached"
 
 
@@ -284,7 +283,7 @@ class Scheduler:
                     ~exists(select(Client.id).where(Client.id == Message.client_id, of_range)),
                 ),
                 MessageStatus.CANCELLED,
-                error=NO_MATCH,
+                error=NO_LONGER_MATCHES,
                 mailing_version=mailing.version,
             )
             done.cancelled += total(changes)
