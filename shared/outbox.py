@@ -49,13 +49,16 @@ _RELAY_LOCK = 0x6E6F7469666F7574  # "notifout"
 # Another: the one process at a time that deletes published rows.
 _PURGE_LOCK = 0x6F7574707572676  # "outpurg"
 # One batch of published rows past their keep time, oldest first (the index's order).
+# The batch's ids as an array (an InitPlan on `ix_outbox_published_at`), deleted through
+# the primary key: with `id IN (subquery)` the planner may hash-join a scan of the
+# whole table against the batch once the table is large.
 PURGE_STATEMENT = """
-    DELETE FROM outbox WHERE id IN (
+    DELETE FROM outbox WHERE id = ANY(ARRAY(
         SELECT id FROM outbox
         WHERE published_at < now() - make_interval(secs => :keep_s)
         ORDER BY published_at
         LIMIT :batch
-    )
+    ))
 """
 _PURGE = text(PURGE_STATEMENT)
 # The entity a `<entity>.<verb>` event's `payload.id` names.

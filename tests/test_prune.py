@@ -99,7 +99,9 @@ async def test_outbox_purge_is_an_index_range_scan_in_batches(
         scans = _explain(settings, PURGE_STATEMENT, {"keep_s": 86400.0, "batch": 5000})
         on_outbox = [(node, index) for node, rel, index in scans if rel == "outbox"]
         assert ("Seq Scan", None) not in on_outbox, scans
-        assert any(index == "ix_outbox_published_at" for _, index in on_outbox), scans
+        # An Index Scan or a Bitmap Index Scan (which names no relation): either is a
+        # range scan of the index; which one depends on the table's statistics.
+        assert "ix_outbox_published_at" in {index for _, _, index in scans}, scans
 
         deleted = await prune_in_batches(
             engine_of(sessions),
@@ -137,9 +139,7 @@ async def test_processed_event_prune_is_an_index_range_scan_in_batches(
         scans = _explain(settings, PRUNE_STATEMENT, {**params, "batch": 5000})
         on_table = [(node, index) for node, rel, index in scans if rel == "processed_event"]
         assert ("Seq Scan", None) not in on_table, scans
-        assert any(index == "ix_processed_event_consumer_processed_at" for _, index in on_table), (
-            scans
-        )
+        assert "ix_processed_event_consumer_processed_at" in {i for _, _, i in scans}, scans
 
         deleted = await prune_in_batches(
             engine_of(sessions),
