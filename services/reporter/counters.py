@@ -52,7 +52,7 @@ _MARK_PROCESSED = text(
 )
 # Deltas for mailings that still exist (a deleted mailing's late events are dropped);
 # rows in key order so two reporters never deadlock on them.
-_ADD_DELTAS = text(
+ADD_DELTAS = text(
     """
     INSERT INTO mailing_status_count (mailing_id, status, count)
     SELECT d.mailing_id, d.status, d.delta
@@ -140,7 +140,7 @@ class Counters:
             changes = sorted((key, n) for key, n in deltas_of(applied).items() if n)
             if changes:
                 await session.execute(
-                    _ADD_DELTAS,
+                    ADD_DELTAS,
                     {
                         "mailings": [mailing for (mailing, _), _ in changes],
                         "statuses": [status for (_, status), _ in changes],

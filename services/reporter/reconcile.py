@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from services.reporter.counters import CONSUMER, deltas_of
+from services.reporter.counters import ADD_DELTAS, CONSUMER, deltas_of
 from shared.consumer_lag import KafkaOffsets, consumed_up_to
 from shared.events import StatusEvent, status_event_adapter
 from shared.logging import get_logger
@@ -95,18 +95,6 @@ IN_FLIGHT = text(
           SELECT 1 FROM processed_event AS p
           WHERE p.consumer = :consumer AND p.event_id = CAST(o.payload->>'event_id' AS uuid)
       )
-    """
-)
-CORRECT = text(
-    """
-    INSERT INTO mailing_status_count (mailing_id, status, count)
-    SELECT d.mailing_id, d.status, d.delta
-    FROM unnest(CAST(:mailings AS bigint[]), CAST(:statuses AS text[]),
-                CAST(:deltas AS bigint[])) AS d(mailing_id, status, delta)
-    JOIN mailing ON mailing.id = d.mailing_id
-    ORDER BY d.mailing_id, d.status
-    ON CONFLICT (mailing_id, status)
-    DO UPDATE SET count = mailing_status_count.count + EXCLUDED.count
     """
 )
 
@@ -271,7 +259,7 @@ class Reconciler:
         ordered = sorted(fix.items())
         async with self.sessions() as session, session.begin():
             await session.execute(
-                CORRECT,
+                ADD_DELTAS,
                 {
                     "mailings": [mailing for (mailing, _), _ in ordered],
                     "statuses": [status for (_, status), _ in ordered],
