@@ -281,7 +281,7 @@ class DailyReport(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
-# The seed-compatible buckets of the API's statistics (design.md); `cancelled` is in none.
+# The seed-compatible buckets of the API's statistics (README, Admin API); `cancelled` is in none.
 BUCKETS: dict[str, tuple[MessageStatus, ...]] = {
     "Created, waiting": PENDING_STATUSES,
     "Sent": (MessageStatus.SENT,),
