@@ -16,7 +16,7 @@ help:
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
-	@echo "make chaos      chaos soak (~25 min): kills, restarts, outage; one table, exit 1 if a target is missed"
+	@echo "make chaos      chaos soak (~15 min): kills, restarts, outage; one table, exit 1 if a target is missed"
 	@echo "                CHAOS_ARGS='--duration 300 --clients 5000 --seed 2 --json out.json' (--preset quick, --faults off)"
 
 $(STAMP): pyproject.toml
