@@ -125,7 +125,9 @@ async def test_a_healthy_backlog_is_not_republished(infra: Infra, tmp_path: Path
     env = {
         "REDRIVE_INTERVAL_S": "0.5",
         "REDRIVE_GRACE_S": "1",
-        "PROVIDER_RATE_LIMIT": "40",
+        # 300 messages at 20/s: a backlog of 15 s, so messages wait `queued` well past
+        # the grace and the 5 s the probe below asks for, even on a slow machine.
+        "PROVIDER_RATE_LIMIT": "20",
         "DISPATCHER_BATCH_SIZE": "20",
     }
     pipe = Pipeline(infra, tmp_path, env=env)
