@@ -76,7 +76,9 @@ def code_files() -> list[Path]:
         files += [
             path
             for path in (REPO / folder).rglob("*")
-            if path.is_file() and path.suffix in CODE_SUFFIXES and ".venv" not in path.parts
+            if path.is_file()
+            and (path.suffix in CODE_SUFFIXES or not path.suffix)
+            and ".venv" not in path.parts
         ]
     return sorted(files)
 
