@@ -1,4 +1,4 @@
-"""Who a mailing reaches (delivery rule 1), as SQL the API and the scheduler share.
+"""Who a mailing reaches (docs/architecture.md, delivery rule 1): SQL the API and scheduler share.
 
 A live client matches when (no tag filter, or it has any of the filter's tags) and (no
 operator-code filter, or its code is in the filter).

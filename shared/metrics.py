@@ -5,7 +5,7 @@ tier): ids go in logs, never in labels. One deliberate exception:
 `notifications_mailing_status_messages` carries `mailing_id`, only for mailings active
 in the last 24 hours, so its series are bounded by the number of recent mailings.
 
-Every metric here is listed in the README's "Metrics" table (a test keeps them in step).
+Every metric here is listed in docs/operations.md#metrics (a test keeps them in step).
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ class Message(Base):
 
     __tablename__ = "message"
     __table_args__ = (
-        # A client gets at most one message per mailing (delivery rule 5).
+        # A client gets at most one message per mailing (delivery rule 5, docs/architecture.md).
         UniqueConstraint("mailing_id", "client_id"),
         CheckConstraint(_in_list("status", MessageStatus), name="status_known"),
         # Due-time poller: scheduled messages by due time.
@@ -281,7 +281,7 @@ class DailyReport(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
-# The seed-compatible buckets of the API's statistics (README, Admin API); `cancelled` is in none.
+# The seed-compatible buckets of the API's statistics (docs/api.md); `cancelled` is in none.
 BUCKETS: dict[str, tuple[MessageStatus, ...]] = {
     "Created, waiting": PENDING_STATUSES,
     "Sent": (MessageStatus.SENT,),

@@ -1,4 +1,4 @@
-"""Delivery rules end to end (README, How mailings go out), asserted on the sandbox ledger:
+"""Delivery rules end to end (docs/architecture.md#delivery-rules), asserted on the sandbox ledger:
 what the gateway really received, when, and how many times."""
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ async def list_mailings(
 async def replace_mailing(
     session: AsyncSession, topics: Topics, mailing_id: int, body: MailingIn
 ) -> MailingOut:
-    """A new version; the scheduler re-plans pending messages (README: Edits)."""
+    """A new version; the scheduler re-plans pending messages (docs/architecture.md, rule 6)."""
     mailing = await _mailing(session, mailing_id, lock=True)
     bind_entities(mailing_id=mailing_id)
     _apply(mailing, body)

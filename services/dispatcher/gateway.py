@@ -10,7 +10,7 @@ A `Retry-After` is read as seconds or an HTTP date and clamped to
 
 httpx runs on the aiohttp transport: on this machine httpx's own pool manages a few
 hundred requests per second while the aiohttp transport reaches well over a thousand
-(`make bench-gateway`; README, Performance), and the gateway client is on the hot path.
+(`make bench-gateway`; docs/benchmarks.md), and the gateway client is on the hot path.
 """
 
 from __future__ import annotations

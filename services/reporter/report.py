@@ -1,6 +1,6 @@
 """The daily report's content: which mailings, their counts, rates, reasons and changes.
 
-Definitions (the README's "Daily report" repeats them for readers of the email):
+Definitions (docs/reporting.md#daily-report repeats them for readers of the email):
 
 * **Period**: the 24 hours up to the moment the report is built.
 * **Active mailing**: one whose run ``[start_at, stop_at)`` overlaps the period

@@ -1,7 +1,7 @@
 """SMS gateway sandbox: the external sending contract, with faults and a ledger.
 
 Run it with ``python -m services.sandbox`` (or `SandboxProcess` from tests). It speaks
-the external gateway's contract (README, The gateway sandbox)::
+the external gateway's contract (docs/development.md#the-gateway-sandbox)::
 
     POST /v1/send/{msgId}     Authorization: Bearer <token>
     {"id": msgId, "phone": 79111234567, "text": "..."}  ->  200 {"code":0,"message":"OK"}
