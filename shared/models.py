@@ -68,12 +68,6 @@ PENDING_STATUSES = (
     MessageStatus.SENDING,
     MessageStatus.RETRYING,
 )
-TERMINAL_STATUSES = (
-    MessageStatus.SENT,
-    MessageStatus.FAILED,
-    MessageStatus.EXPIRED,
-    MessageStatus.CANCELLED,
-)
 
 
 class MailingState(enum.StrEnum):

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-NO_TIME_REASON = "no allowed local time before stop"
-
 
 def _data(mailing: Mailing) -> MailingData:
     return MailingData(

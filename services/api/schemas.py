@@ -34,7 +34,6 @@ PHONE = re.compile(r"7[0-9]{10}")
 TAG_MAX = 64
 TEXT_MAX = 2000
 FILTER_MAX = 100
-DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 @lru_cache(maxsize=1)
@@ -331,9 +330,6 @@ class ClientOut(BaseModel):
 
 # --- mailings ------------------------------------------------------------------------
 
-BUCKET_WAITING = "Created, waiting"
-BUCKET_SENT = "Sent"
-BUCKET_FAILED = "Unable to deliver"
 Bucket = Literal["Created, waiting", "Sent", "Unable to deliver"]
 BUCKETS_BY_NAME: dict[str | None, list[str]] = {
     name: [status.value for status in statuses] for name, statuses in BUCKETS.items()
