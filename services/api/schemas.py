@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from shared.models import BUCKETS
+from shared.windows import NO_ALLOWED_TIME_BEFORE_STOP
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -479,7 +480,7 @@ class Forecast(BaseModel):
                         {
                             "client": 2,
                             "send_at": None,
-                            "reason": "no allowed local time before stop",
+                            "reason": NO_ALLOWED_TIME_BEFORE_STOP,
                         },
                     ],
                     "by_hour": {"2031-01-02 09:00:00": 1},

@@ -60,7 +60,7 @@ from shared.metrics import (
 )
 from shared.models import MessageStatus
 from shared.outbox import add_events
-from shared.statuses import stage_status_events
+from shared.statuses import LEASE_UNKNOWN, StatusChange, changes_of, stage_status_events
 from shared.windows import Window
 
 if TYPE_CHECKING:
@@ -124,10 +124,6 @@ DROP_EXCLUDED = text(
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous
     """  # noqa: S608
 )
-
-# What the scheduler's lease recovery writes with PROVIDER_DEDUPLICATES=false: a guess
-# that a held outcome of the same attempt may correct.
-LEASE_UNKNOWN = "unknown outcome: lease expired"
 
 # Outcome writes for a group at once, fenced by `attempts`: the row is still at the
 # attempt this outcome is for, and no later attempt has started (`sending` by this
@@ -233,18 +229,12 @@ class Delivery:
             await stage_status_events(
                 session,
                 self.topics,
-                [tuple(r) for r in dropped],
+                changes_of(dropped),
                 MessageStatus.CANCELLED,
-                NO_LONGER_MATCHES,
+                error=NO_LONGER_MATCHES,
             )
             rows = (await session.execute(CLAIM, {"ids": list(by_id), "lease": lease})).all()
-            await stage_status_events(
-                session,
-                self.topics,
-                [(r.id, r.mailing_id, r.client_id, r.attempts, r.previous) for r in rows],
-                MessageStatus.SENDING,
-                None,
-            )
+            await stage_status_events(session, self.topics, changes_of(rows), MessageStatus.SENDING)
         MESSAGE_TRANSITIONS.labels("dispatcher", "sending").inc(len(rows))
         return [
             Claimed(
@@ -413,11 +403,17 @@ class Delivery:
                     session,
                     self.topics,
                     [
-                        (m.message_id, m.mailing_id, m.client_id, m.attempt, previous[m.message_id])
+                        StatusChange(
+                            message_id=m.message_id,
+                            mailing_id=m.mailing_id,
+                            client_id=m.client_id,
+                            attempt=m.attempt,
+                            previous=previous[m.message_id],
+                        )
                         for m in group
                     ],
                     status,
-                    error,
+                    error=error,
                 )
                 MESSAGE_TRANSITIONS.labels("dispatcher", status.value).inc(len(group))
             await self._stage_commands(session, done)

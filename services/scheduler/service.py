@@ -59,7 +59,12 @@ from shared.models import (
 )
 from shared.outbox import add_events
 from shared.statuses import (
+    LEASE_UNKNOWN,
+    STOP_REACHED,
     Changes,
+    Moved,
+    StatusChange,
+    changes_of,
     move_batch,
     plan_each_batch,
     stage_changes,
@@ -67,6 +72,7 @@ from shared.statuses import (
     total,
     transition_where,
 )
+from shared.windows import NO_ALLOWED_TIME_BEFORE_STOP as NO_TIME
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -86,8 +92,6 @@ _MAILING_LOCK = 0x6D61696C  # "mail"
 _WAITING = (MessageStatus.SCHEDULED, MessageStatus.QUEUED, MessageStatus.RETRYING)
 # Did not receive the mailing: an edit gives these a new chance.
 _RETRYABLE = (MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.CANCELLED)
-NO_TIME = "no allowed local time before stop"
-STOP_REACHED = "stop time reached"
 
 
 def _now() -> datetime:
@@ -354,11 +358,11 @@ class Scheduler:
         )
         return Counter(
             {
-                (
-                    mailing.id,
-                    previous,
-                    status,
-                    NO_TIME if status == MessageStatus.EXPIRED else None,
+                Moved(
+                    mailing_id=mailing.id,
+                    previous=previous,
+                    status=status,
+                    error=NO_TIME if status == MessageStatus.EXPIRED else None,
                 ): n
                 for previous, status, n in counted
             }
@@ -461,9 +465,8 @@ class Scheduler:
             await stage_status_events(
                 session,
                 self.topics,
-                [(m, g, c, a, MessageStatus.SCHEDULED.value) for m, g, c, a in rows],
+                changes_of(rows, previous=MessageStatus.SCHEDULED),
                 MessageStatus.QUEUED,
-                None,
             )
         self._on_commit()
         try:
@@ -591,10 +594,8 @@ class Scheduler:
         as the dispatcher does with an ambiguous answer. Either way `attempts` is kept:
         an outcome of that attempt that arrives late is still written (the dispatcher
         fences on it) and corrects this guess."""
-        # The dispatcher's outcome writes recognise this exact text (its lease_unknown).
-        lease_unknown = "unknown outcome: lease expired"
         dedup = self.settings.provider_deduplicates
-        error = "lease expired: dispatcher stopped mid-request" if dedup else lease_unknown
+        error = "lease expired: dispatcher stopped mid-request" if dedup else LEASE_UNKNOWN
         status = MessageStatus.SCHEDULED if dedup else MessageStatus.FAILED
         # Fired again after a further half lease: a dispatcher that is slow rather than
         # dead still writes its outcome meanwhile (its writes fence on `attempts`, which
@@ -613,9 +614,9 @@ class Scheduler:
             await stage_status_events(
                 session,
                 self.topics,
-                [(m, g, c, a, MessageStatus.SENDING.value) for m, g, c, a in rows],
+                changes_of(rows, previous=MessageStatus.SENDING),
                 status,
-                "lease expired" if dedup else lease_unknown,
+                error="lease expired" if dedup else LEASE_UNKNOWN,
             )
             if not dedup and rows:
                 await add_events(
@@ -628,7 +629,7 @@ class Scheduler:
                                 mailing_id=g,
                                 client_id=c,
                                 attempt=a,
-                                last_error=lease_unknown,
+                                last_error=LEASE_UNKNOWN,
                             )
                         )
                         for m, g, c, a in rows
@@ -728,9 +729,17 @@ class Scheduler:
                 attempts = changed.scalar_one_or_none()
                 if due is None and attempts is not None:
                     expired.append(
-                        (message_id, mailing.id, client_id, attempts, MessageStatus.SCHEDULED.value)
+                        StatusChange(
+                            message_id=message_id,
+                            mailing_id=mailing.id,
+                            client_id=client_id,
+                            attempt=attempts,
+                            previous=MessageStatus.SCHEDULED.value,
+                        )
                     )
-            await stage_status_events(session, self.topics, expired, MessageStatus.EXPIRED, NO_TIME)
+            await stage_status_events(
+                session, self.topics, expired, MessageStatus.EXPIRED, error=NO_TIME
+            )
 
     # --- the loop ----------------------------------------------------------------------
 
