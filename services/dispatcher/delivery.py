@@ -58,7 +58,8 @@ from shared.metrics import (
     MESSAGE_TRANSITIONS,
     RETRIES,
 )
-from shared.models import MessageStatus
+from shared.models import PENDING_STATUSES, WAITING_FOR_DISPATCH, MessageStatus, sql_in, sql_literal
+from shared.models import MessageStatus as S
 from shared.outbox import add_events
 from shared.statuses import LEASE_UNKNOWN, StatusChange, changes_of, stage_status_events
 from shared.windows import Window
@@ -77,19 +78,20 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# REACHES_SQL is a constant of shared/audience.py, not input: hence the noqa below.
+# REACHES_SQL (shared/audience.py) and the status names (their enum) are constants, not
+# input: hence the noqa below.
 CLAIM = text(
     f"""
     WITH target AS (
         SELECT id, status AS previous FROM message
-        WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('queued', 'retrying')
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND {sql_in("status", WAITING_FOR_DISPATCH)}
         ORDER BY id
         -- A row locked by another claim of the same message (a duplicate command):
         -- skip it, that claim wins.
         FOR UPDATE SKIP LOCKED
     )
     UPDATE message AS m
-    SET status = 'sending', attempts = m.attempts + 1,
+    SET status = {sql_literal(S.SENDING)}, attempts = m.attempts + 1,
         lease_until = now() + make_interval(secs => :lease), updated_at = now()
     FROM target, mailing AS g, client AS c
     WHERE m.id = target.id AND g.id = m.mailing_id AND c.id = m.client_id
@@ -112,13 +114,14 @@ DROP_EXCLUDED = text(
         FROM message AS m
         JOIN mailing AS g ON g.id = m.mailing_id
         JOIN client AS c ON c.id = m.client_id
-        WHERE m.id = ANY(CAST(:ids AS bigint[])) AND m.status IN ('queued', 'retrying')
+        WHERE m.id = ANY(CAST(:ids AS bigint[])) AND {sql_in("m.status", WAITING_FOR_DISPATCH)}
           AND m.mailing_version < g.version AND NOT ({REACHES_SQL})
         ORDER BY m.id
         FOR UPDATE OF m SKIP LOCKED
     )
     UPDATE message AS m
-    SET status = 'cancelled', last_error = :reason, lease_until = NULL, updated_at = now()
+    SET status = {sql_literal(S.CANCELLED)}, last_error = :reason, lease_until = NULL,
+        updated_at = now()
     FROM target
     WHERE m.id = target.id
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous
@@ -130,7 +133,7 @@ DROP_EXCLUDED = text(
 # attempt, or put back to waiting by the lease recovery). The previous status is
 # returned for the status events.
 FINISH = text(
-    """
+    f"""
     WITH u AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]),
                              CAST(:statuses AS text[]), CAST(:errors AS text[]),
@@ -138,21 +141,21 @@ FINISH = text(
     ), old AS (
         SELECT m.id, m.status FROM message AS m JOIN u ON u.id = m.id
         WHERE m.attempts = u.attempt
-          AND (m.status IN ('sending', 'scheduled', 'queued', 'retrying')
-               OR (m.status = 'failed' AND m.last_error = :lease_unknown))
+          AND ({sql_in("m.status", PENDING_STATUSES)}
+               OR (m.status = {sql_literal(S.FAILED)} AND m.last_error = :lease_unknown))
         ORDER BY m.id
         FOR UPDATE OF m
     )
     UPDATE message AS m
     SET status = u.status, last_error = u.error,
-        due_at = CASE WHEN u.status = 'scheduled' THEN u.due ELSE m.due_at END,
-        retry_at = CASE WHEN u.status = 'retrying' THEN u.due END,
-        sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
+        due_at = CASE WHEN u.status = {sql_literal(S.SCHEDULED)} THEN u.due ELSE m.due_at END,
+        retry_at = CASE WHEN u.status = {sql_literal(S.RETRYING)} THEN u.due END,
+        sent_at = CASE WHEN u.status = {sql_literal(S.SENT)} THEN now() ELSE m.sent_at END,
         lease_until = NULL, updated_at = now()
     FROM u, old
     WHERE m.id = u.id AND old.id = m.id
     RETURNING m.id, old.status
-    """
+    """  # noqa: S608
 )
 
 
