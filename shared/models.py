@@ -293,14 +293,3 @@ class DailyReport(Base):
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-
-
-# The seed-compatible buckets of the API's statistics (README, Admin API); `cancelled` is in none.
-BUCKETS: dict[str, tuple[MessageStatus, ...]] = {
-    "Created, waiting": PENDING_STATUSES,
-    "Sent": (MessageStatus.SENT,),
-    "Unable to deliver": (MessageStatus.FAILED, MessageStatus.EXPIRED),
-}
-BUCKET_OF: dict[str, str] = {
-    status.value: bucket for bucket, statuses in BUCKETS.items() for status in statuses
-}
