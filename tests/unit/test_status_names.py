@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import get_args
 
 from services.api.buckets import BUCKET_OF, BUCKETS, BUCKETS_BY_NAME, Bucket
+from services.api.routes.mailings import StatusFilter
 from shared.models import PENDING_STATUSES, WAITING_FOR_DISPATCH, MessageStatus, sql_in, sql_literal
 from shared.statuses import Changes, Moved, StatusChange, changes_of, total
 
@@ -52,3 +53,7 @@ def test_every_status_but_cancelled_is_in_exactly_one_bucket() -> None:
     counted = Counter(status for statuses in BUCKETS.values() for status in statuses)
     assert set(counted.values()) == {1}
     assert BUCKETS_BY_NAME["Unable to deliver"] == ["failed", "expired"]
+
+
+def test_a_message_list_filters_by_a_bucket_or_by_any_one_status() -> None:
+    assert list(get_args(StatusFilter)) == [*get_args(Bucket), *(s.value for s in MessageStatus)]
