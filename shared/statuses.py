@@ -13,7 +13,8 @@ edit), which the caller bounds (an id range) and which stages one aggregated
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import func, select, text, update
 
@@ -42,8 +43,10 @@ STOP_REACHED: Final = "stop time reached"
 LEASE_UNKNOWN: Final = "unknown outcome: lease expired"
 
 
-class StatusChange(NamedTuple):
-    """One message's change of status, as its `message.status_changed` event tells it."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusChange:
+    """One message's change of status, as its `message.status_changed` event tells it
+    (built by keyword only: five ids and counts side by side are easy to swap)."""
 
     message_id: int
     mailing_id: int
@@ -52,7 +55,8 @@ class StatusChange(NamedTuple):
     previous: str
 
 
-class Moved(NamedTuple):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Moved:
     """A kind of bulk change: messages of one mailing from `previous` to `status`."""
 
     mailing_id: int
