@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import date, datetime, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +33,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -68,12 +71,10 @@ PENDING_STATUSES = (
     MessageStatus.SENDING,
     MessageStatus.RETRYING,
 )
-TERMINAL_STATUSES = (
-    MessageStatus.SENT,
-    MessageStatus.FAILED,
-    MessageStatus.EXPIRED,
-    MessageStatus.CANCELLED,
-)
+
+# Claimable by a dispatcher: a send command for each is in Kafka (`message.send` for
+# `queued`, a retry tier for `retrying`).
+WAITING_FOR_DISPATCH = (MessageStatus.QUEUED, MessageStatus.RETRYING)
 
 
 class MailingState(enum.StrEnum):
@@ -82,9 +83,14 @@ class MailingState(enum.StrEnum):
     FINISHED = "finished"
 
 
-def _in_list(column: str, values: type[enum.StrEnum]) -> str:
-    quoted = ", ".join(f"'{member.value}'" for member in values)
-    return f"{column} IN ({quoted})"
+def sql_literal(member: enum.StrEnum) -> str:
+    """A status or state as an SQL literal, for SQL text: names come from their enum."""
+    return f"'{member.value}'"
+
+
+def sql_in(column: str, members: Iterable[enum.StrEnum]) -> str:
+    """`column IN ('a','b')` for SQL text, the names taken from their enum."""
+    return f"{column} IN ({','.join(sql_literal(member) for member in members)})"
 
 
 class Tag(Base):
@@ -149,11 +155,13 @@ class Mailing(Base):
         CheckConstraint(
             "window_start IS NULL OR window_start <> window_end", name="window_not_empty"
         ),
-        CheckConstraint(_in_list("state", MailingState), name="state_known"),
+        CheckConstraint(sql_in("state", MailingState), name="state_known"),
         CheckConstraint("length(text) > 0", name="text_not_empty"),
         # The scheduler's activation poller: scheduled mailings by start time.
         Index(
-            "ix_mailing_start_scheduled", "start_at", postgresql_where=sql("state = 'scheduled'")
+            "ix_mailing_start_scheduled",
+            "start_at",
+            postgresql_where=sql(f"state = {sql_literal(MailingState.SCHEDULED)}"),
         ),
     )
 
@@ -181,12 +189,18 @@ class Message(Base):
     __table_args__ = (
         # A client gets at most one message per mailing (delivery rule 5, docs/architecture.md).
         UniqueConstraint("mailing_id", "client_id"),
-        CheckConstraint(_in_list("status", MessageStatus), name="status_known"),
+        CheckConstraint(sql_in("status", MessageStatus), name="status_known"),
         # Due-time poller: scheduled messages by due time.
-        Index("ix_message_due_scheduled", "due_at", postgresql_where=sql("status = 'scheduled'")),
+        Index(
+            "ix_message_due_scheduled",
+            "due_at",
+            postgresql_where=sql(f"status = {sql_literal(MessageStatus.SCHEDULED)}"),
+        ),
         # Lease recovery: messages stuck in `sending`.
         Index(
-            "ix_message_lease_sending", "lease_until", postgresql_where=sql("status = 'sending'")
+            "ix_message_lease_sending",
+            "lease_until",
+            postgresql_where=sql(f"status = {sql_literal(MessageStatus.SENDING)}"),
         ),
         # Statistics and message lists of one mailing, by status.
         Index("ix_message_mailing_id_status", "mailing_id", "status"),
@@ -194,14 +208,14 @@ class Message(Base):
         Index(
             "ix_message_client_pending",
             "client_id",
-            postgresql_where=sql("status IN ('scheduled','queued','sending','retrying')"),
+            postgresql_where=sql(sql_in("status", PENDING_STATUSES)),
         ),
         # The scheduler's re-drive: waiting messages by last change.
         Index(
             "ix_message_waiting_updated",
             "status",
             "updated_at",
-            postgresql_where=sql("status IN ('queued','retrying')"),
+            postgresql_where=sql(sql_in("status", WAITING_FOR_DISPATCH)),
         ),
     )
 
@@ -279,14 +293,3 @@ class DailyReport(Base):
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-
-
-# The seed-compatible buckets of the API's statistics (docs/api.md); `cancelled` is in none.
-BUCKETS: dict[str, tuple[MessageStatus, ...]] = {
-    "Created, waiting": PENDING_STATUSES,
-    "Sent": (MessageStatus.SENT,),
-    "Unable to deliver": (MessageStatus.FAILED, MessageStatus.EXPIRED),
-}
-BUCKET_OF: dict[str, str] = {
-    status.value: bucket for bucket, statuses in BUCKETS.items() for status in statuses
-}

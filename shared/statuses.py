@@ -13,7 +13,8 @@ edit), which the caller bounds (an id range) and which stages one aggregated
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import func, select, text, update
 
@@ -28,12 +29,40 @@ from shared.models import Message, MessageStatus
 from shared.outbox import add_events
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
     from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from shared.topics import Topics
+
+# Reasons written to `last_error` and carried by status events by more than one service.
+STOP_REACHED: Final = "stop time reached"
+# The scheduler's lease recovery writes this when the gateway does not de-duplicate;
+# the dispatcher's outcome writes recognise it (a held outcome may correct the guess).
+LEASE_UNKNOWN: Final = "unknown outcome: lease expired"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusChange:
+    """One message's change of status, as its `message.status_changed` event tells it
+    (built by keyword only: five ids and counts side by side are easy to swap)."""
+
+    message_id: int
+    mailing_id: int
+    client_id: int
+    attempt: int
+    previous: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Moved:
+    """A kind of bulk change: messages of one mailing from `previous` to `status`."""
+
+    mailing_id: int
+    previous: str
+    status: str
+    error: str | None
 
 
 async def transition_where(
@@ -63,44 +92,65 @@ async def transition_where(
             .where(Message.id == old.c.id)
             .values(status=to, updated_at=func.now(), last_error=error)
             .returning(
-                Message.id, Message.mailing_id, Message.client_id, Message.attempts, old.c.status
+                Message.id,
+                Message.mailing_id,
+                Message.client_id,
+                Message.attempts,
+                old.c.status.label("previous"),
             )
         )
     ).all()
-    await stage_status_events(session, topics, rows, to, error)
+    await stage_status_events(session, topics, changes_of(rows), to, error=error)
     return len(rows)
 
 
 async def stage_status_events(
     session: AsyncSession,
     topics: Topics,
-    rows: Sequence[tuple[int, int, int, int, str]],
+    changes: Iterable[StatusChange],
     to: MessageStatus,
-    error: str | None,
+    *,
+    error: str | None = None,
 ) -> None:
-    """rows: (message_id, mailing_id, client_id, attempt, previous_status)."""
+    """Stage one `message.status_changed` event per change, each to `to` with `error`."""
     await add_events(
         session,
         topics.message_status,
         [
             MessageStatusChanged(
                 payload=StatusData(
-                    message_id=message_id,
-                    mailing_id=mailing_id,
-                    client_id=client_id,
+                    message_id=change.message_id,
+                    mailing_id=change.mailing_id,
+                    client_id=change.client_id,
                     status=to.value,
-                    previous_status=previous,
-                    attempt=attempt,
+                    previous_status=change.previous,
+                    attempt=change.attempt,
                     error=error,
                 )
             )
-            for message_id, mailing_id, client_id, attempt, previous in rows
+            for change in changes
         ],
     )
 
 
-# (mailing_id, previous status, new status, error) -> how many messages.
-Changes = Counter[tuple[int, str, str, str | None]]
+def changes_of(rows: Iterable[Any], *, previous: MessageStatus | None = None) -> list[StatusChange]:
+    """The changes of message rows read back from a claim or an update (`id`,
+    `mailing_id`, `client_id`, `attempts`, and `previous` unless `previous` is given:
+    the status every one of them was in)."""
+    return [
+        StatusChange(
+            message_id=row.id,
+            mailing_id=row.mailing_id,
+            client_id=row.client_id,
+            attempt=row.attempts,
+            previous=row.previous if previous is None else previous.value,
+        )
+        for row in rows
+    ]
+
+
+# How many messages made each kind of bulk change.
+Changes = Counter[Moved]
 
 
 async def plan_each_batch(session: AsyncSession) -> None:
@@ -148,7 +198,10 @@ async def move_batch(
         )
     )
     return Counter(
-        {(mailing, previous, to.value, error): count for mailing, previous, count in counted}
+        {
+            Moved(mailing_id=mailing, previous=previous, status=to.value, error=error): count
+            for mailing, previous, count in counted
+        }
     )
 
 
@@ -156,12 +209,23 @@ async def stage_changes(session: AsyncSession, topics: Topics, changes: Changes)
     """Stage one `messages.status_changed` event per mailing for `changes` (changes to
     the same status are no change and left out); return how many events."""
     by_mailing: dict[int, list[StatusCount]] = {}
-    for (mailing_id, previous, status, error), count in sorted(
-        changes.items(), key=lambda item: (item[0][0], item[0][1], item[0][2], item[0][3] or "")
+    for moved, count in sorted(
+        changes.items(),
+        key=lambda item: (
+            item[0].mailing_id,
+            item[0].previous,
+            item[0].status,
+            item[0].error or "",
+        ),
     ):
-        if count and previous != status:
-            by_mailing.setdefault(mailing_id, []).append(
-                StatusCount(previous_status=previous, status=status, count=count, error=error)
+        if count and moved.previous != moved.status:
+            by_mailing.setdefault(moved.mailing_id, []).append(
+                StatusCount(
+                    previous_status=moved.previous,
+                    status=moved.status,
+                    count=count,
+                    error=moved.error,
+                )
             )
     await add_events(
         session,
@@ -180,5 +244,5 @@ def total(changes: Changes, statuses: Iterable[str] | None = None) -> int:
     """How many messages `changes` counts (moved to one of `statuses`, if given)."""
     wanted = None if statuses is None else set(statuses)
     return sum(
-        count for (_, _, status, _), count in changes.items() if wanted is None or status in wanted
+        count for moved, count in changes.items() if wanted is None or moved.status in wanted
     )

@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from shared.windows import NO_ALLOWED_TIME_BEFORE_STOP as NO_TIME
 from tests.api_helpers import phone
 
 if TYPE_CHECKING:
     from tests.conftest import ApiClient
-
-NO_TIME = "no allowed local time before stop"
 
 
 async def _clients(api: ApiClient, tag: str, zones: list[str]) -> list[int]:

@@ -25,7 +25,7 @@ from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 
 from services.dispatcher.main import create_app as dispatcher_app
-from services.scheduler.service import _MAILING_LOCK
+from services.scheduler.convergence import MAILING_LOCK
 from shared.consumer_lag import (
     EXIT_CONSUMER_STALLED,
     LagMonitor,
@@ -377,7 +377,7 @@ async def test_a_stuck_handler_stops_the_process_with_status_70(
         stderr=(tmp_path / "scheduler.stderr").open("wb"),
     )
     try:
-        lock.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_MAILING_LOCK, mailing_id))
+        lock.execute("SELECT pg_advisory_xact_lock(%s, %s)", (MAILING_LOCK, mailing_id))
 
         async def ready() -> int:
             async with httpx.AsyncClient(timeout=5) as client:

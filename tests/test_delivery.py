@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from services.scheduler.service import _MAILING_LOCK as MAILING_LOCK
+from services.scheduler.convergence import MAILING_LOCK
 from tests.pipeline import Pipeline
 from tests.polling import eventually
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, select
 
+from services.api.buckets import BUCKET_OF, BUCKETS, UNDELIVERED
 from services.api.errors import NotFound
 from services.api.schemas import (
     ForecastItem,
@@ -21,8 +22,6 @@ from shared.audience import audience_condition
 from shared.events import MailingCreated, MailingData, MailingDeleted, MailingRef, MailingUpdated
 from shared.logging import bind_entities, get_logger
 from shared.models import (
-    BUCKET_OF,
-    BUCKETS,
     PENDING_STATUSES,
     Client,
     Mailing,
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from shared.topics import Topics
 
 log = get_logger(__name__)
-
-NO_TIME_REASON = "no allowed local time before stop"
 
 
 def _data(mailing: Mailing) -> MailingData:
@@ -196,7 +193,7 @@ async def list_messages(
         MessageOut(
             id=m.id,
             pub_date=m.sent_at or m.created_at,
-            status=BUCKET_OF.get(m.status, "Unable to deliver"),
+            status=BUCKET_OF.get(m.status, UNDELIVERED),
             notification=m.mailing_id,
             clients=[m.client_id],
             state=m.status,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import available_timezones
 
 from pydantic import (
@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared.models import BUCKETS
+from services.api.buckets import BUCKETS, Bucket
+from shared.windows import NO_ALLOWED_TIME_BEFORE_STOP
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,7 +35,6 @@ PHONE = re.compile(r"7[0-9]{10}")
 TAG_MAX = 64
 TEXT_MAX = 2000
 FILTER_MAX = 100
-DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 @lru_cache(maxsize=1)
@@ -331,14 +331,6 @@ class ClientOut(BaseModel):
 
 # --- mailings ------------------------------------------------------------------------
 
-BUCKET_WAITING = "Created, waiting"
-BUCKET_SENT = "Sent"
-BUCKET_FAILED = "Unable to deliver"
-Bucket = Literal["Created, waiting", "Sent", "Unable to deliver"]
-BUCKETS_BY_NAME: dict[str | None, list[str]] = {
-    name: [status.value for status in statuses] for name, statuses in BUCKETS.items()
-}
-
 
 class MailingIn(Strict):
     model_config = ConfigDict(
@@ -401,11 +393,7 @@ class MailingOut(BaseModel):
                     "mobile_code": [911],
                     "time_interval_start": "09:00",
                     "time_interval_end": "21:00",
-                    "number_of_messages": {
-                        "Created, waiting": 0,
-                        "Sent": 0,
-                        "Unable to deliver": 0,
-                    },
+                    "number_of_messages": dict.fromkeys(BUCKETS, 0),
                     "messages_by_status": {},
                     "state": "scheduled",
                     "version": 1,
@@ -483,7 +471,7 @@ class Forecast(BaseModel):
                         {
                             "client": 2,
                             "send_at": None,
-                            "reason": "no allowed local time before stop",
+                            "reason": NO_ALLOWED_TIME_BEFORE_STOP,
                         },
                     ],
                     "by_hour": {"2031-01-02 09:00:00": 1},

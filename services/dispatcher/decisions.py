@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from services.dispatcher.gateway import MAX_RETRY_AFTER_S, Outcome, Result
 from shared.models import MessageStatus
-from shared.windows import Window, is_allowed, next_allowed
+from shared.statuses import STOP_REACHED
+from shared.windows import NO_ALLOWED_TIME_BEFORE_STOP, Window, is_allowed, next_allowed
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 LEASE_SPENT = "lease nearly spent: not sent, given back"
-NO_TIME = "no allowed local time before stop"
 
 
 @dataclass(slots=True)
@@ -90,11 +90,11 @@ class Rules:
 def too_late(message: Claimed, now: datetime) -> Decision | None:
     """Stop time and window, checked right before a request may start."""
     if now >= message.stop_at:
-        return Decision(MessageStatus.EXPIRED, "stop time reached")
+        return Decision(MessageStatus.EXPIRED, STOP_REACHED)
     if not is_allowed(now, message.window, message.zone):
         opens = next_allowed(now, message.window, message.zone)
         if opens >= message.stop_at:
-            return Decision(MessageStatus.EXPIRED, NO_TIME)
+            return Decision(MessageStatus.EXPIRED, NO_ALLOWED_TIME_BEFORE_STOP)
         return Decision(MessageStatus.SCHEDULED, "outside the client's window", due=opens)
     return None
 

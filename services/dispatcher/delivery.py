@@ -58,9 +58,10 @@ from shared.metrics import (
     MESSAGE_TRANSITIONS,
     RETRIES,
 )
-from shared.models import MessageStatus
+from shared.models import PENDING_STATUSES, WAITING_FOR_DISPATCH, MessageStatus, sql_in, sql_literal
+from shared.models import MessageStatus as S
 from shared.outbox import add_events
-from shared.statuses import stage_status_events
+from shared.statuses import LEASE_UNKNOWN, StatusChange, changes_of, stage_status_events
 from shared.windows import Window
 
 if TYPE_CHECKING:
@@ -77,19 +78,20 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# REACHES_SQL is a constant of shared/audience.py, not input: hence the noqa below.
+# REACHES_SQL (shared/audience.py) and the status names (their enum) are constants, not
+# input: hence the noqa below.
 CLAIM = text(
     f"""
     WITH target AS (
         SELECT id, status AS previous FROM message
-        WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('queued', 'retrying')
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND {sql_in("status", WAITING_FOR_DISPATCH)}
         ORDER BY id
         -- A row locked by another claim of the same message (a duplicate command):
         -- skip it, that claim wins.
         FOR UPDATE SKIP LOCKED
     )
     UPDATE message AS m
-    SET status = 'sending', attempts = m.attempts + 1,
+    SET status = {sql_literal(S.SENDING)}, attempts = m.attempts + 1,
         lease_until = now() + make_interval(secs => :lease), updated_at = now()
     FROM target, mailing AS g, client AS c
     WHERE m.id = target.id AND g.id = m.mailing_id AND c.id = m.client_id
@@ -112,29 +114,26 @@ DROP_EXCLUDED = text(
         FROM message AS m
         JOIN mailing AS g ON g.id = m.mailing_id
         JOIN client AS c ON c.id = m.client_id
-        WHERE m.id = ANY(CAST(:ids AS bigint[])) AND m.status IN ('queued', 'retrying')
+        WHERE m.id = ANY(CAST(:ids AS bigint[])) AND {sql_in("m.status", WAITING_FOR_DISPATCH)}
           AND m.mailing_version < g.version AND NOT ({REACHES_SQL})
         ORDER BY m.id
         FOR UPDATE OF m SKIP LOCKED
     )
     UPDATE message AS m
-    SET status = 'cancelled', last_error = :reason, lease_until = NULL, updated_at = now()
+    SET status = {sql_literal(S.CANCELLED)}, last_error = :reason, lease_until = NULL,
+        updated_at = now()
     FROM target
     WHERE m.id = target.id
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous
     """  # noqa: S608
 )
 
-# What the scheduler's lease recovery writes with PROVIDER_DEDUPLICATES=false: a guess
-# that a held outcome of the same attempt may correct.
-LEASE_UNKNOWN = "unknown outcome: lease expired"
-
 # Outcome writes for a group at once, fenced by `attempts`: the row is still at the
 # attempt this outcome is for, and no later attempt has started (`sending` by this
 # attempt, or put back to waiting by the lease recovery). The previous status is
 # returned for the status events.
 FINISH = text(
-    """
+    f"""
     WITH u AS (
         SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]),
                              CAST(:statuses AS text[]), CAST(:errors AS text[]),
@@ -142,21 +141,21 @@ FINISH = text(
     ), old AS (
         SELECT m.id, m.status FROM message AS m JOIN u ON u.id = m.id
         WHERE m.attempts = u.attempt
-          AND (m.status IN ('sending', 'scheduled', 'queued', 'retrying')
-               OR (m.status = 'failed' AND m.last_error = :lease_unknown))
+          AND ({sql_in("m.status", PENDING_STATUSES)}
+               OR (m.status = {sql_literal(S.FAILED)} AND m.last_error = :lease_unknown))
         ORDER BY m.id
         FOR UPDATE OF m
     )
     UPDATE message AS m
     SET status = u.status, last_error = u.error,
-        due_at = CASE WHEN u.status = 'scheduled' THEN u.due ELSE m.due_at END,
-        retry_at = CASE WHEN u.status = 'retrying' THEN u.due END,
-        sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
+        due_at = CASE WHEN u.status = {sql_literal(S.SCHEDULED)} THEN u.due ELSE m.due_at END,
+        retry_at = CASE WHEN u.status = {sql_literal(S.RETRYING)} THEN u.due END,
+        sent_at = CASE WHEN u.status = {sql_literal(S.SENT)} THEN now() ELSE m.sent_at END,
         lease_until = NULL, updated_at = now()
     FROM u, old
     WHERE m.id = u.id AND old.id = m.id
     RETURNING m.id, old.status
-    """
+    """  # noqa: S608
 )
 
 
@@ -233,18 +232,12 @@ class Delivery:
             await stage_status_events(
                 session,
                 self.topics,
-                [tuple(r) for r in dropped],
+                changes_of(dropped),
                 MessageStatus.CANCELLED,
-                NO_LONGER_MATCHES,
+                error=NO_LONGER_MATCHES,
             )
             rows = (await session.execute(CLAIM, {"ids": list(by_id), "lease": lease})).all()
-            await stage_status_events(
-                session,
-                self.topics,
-                [(r.id, r.mailing_id, r.client_id, r.attempts, r.previous) for r in rows],
-                MessageStatus.SENDING,
-                None,
-            )
+            await stage_status_events(session, self.topics, changes_of(rows), MessageStatus.SENDING)
         MESSAGE_TRANSITIONS.labels("dispatcher", "sending").inc(len(rows))
         return [
             Claimed(
@@ -413,11 +406,17 @@ class Delivery:
                     session,
                     self.topics,
                     [
-                        (m.message_id, m.mailing_id, m.client_id, m.attempt, previous[m.message_id])
+                        StatusChange(
+                            message_id=m.message_id,
+                            mailing_id=m.mailing_id,
+                            client_id=m.client_id,
+                            attempt=m.attempt,
+                            previous=previous[m.message_id],
+                        )
                         for m in group
                     ],
                     status,
-                    error,
+                    error=error,
                 )
                 MESSAGE_TRANSITIONS.labels("dispatcher", status.value).inc(len(group))
             await self._stage_commands(session, done)

@@ -54,7 +54,7 @@ from shared.consumer_lag import KafkaOffsets, consumed_up_to
 from shared.events import StatusEvent, status_event_adapter
 from shared.logging import get_logger
 from shared.metrics import REPORTER_COUNTER_CORRECTIONS, REPORTER_COUNTER_DRIFT
-from shared.models import MessageStatus
+from shared.models import MailingState, MessageStatus, sql_literal
 from shared.periodic import repeat
 
 if TYPE_CHECKING:
@@ -71,12 +71,12 @@ log = get_logger(__name__)
 RECONCILE_LOCK = 0x7265636F6E63696C  # "reconcil"
 
 ACTIVE = text(
-    """
+    f"""
     SELECT id FROM mailing
     WHERE start_at <= now()
-      AND (state = 'running' OR stop_at > now() - interval '1 day')
+      AND (state = {sql_literal(MailingState.RUNNING)} OR stop_at > now() - interval '1 day')
     ORDER BY id
-    """
+    """  # noqa: S608 (a state name from its enum, not input)
 )
 TRUTH = text(
     "SELECT mailing_id, status, count(*) FROM message "

@@ -46,6 +46,7 @@ from services.scheduler.commands import publish_send_commands
 from shared.consumer_lag import KafkaOffsets, consumed_up_to
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_REDRIVEN
+from shared.models import MessageStatus, sql_literal
 from shared.periodic import repeat
 
 if TYPE_CHECKING:
@@ -64,11 +65,12 @@ log = get_logger(__name__)
 # Orphans of one family, oldest first, locked so two schedulers never take the same
 # rows; `updated_at` is bumped so a re-driven message waits for a later mark.
 CLAIM = text(
-    """
+    f"""
     WITH orphan AS (
         SELECT id FROM message
         WHERE status = :status AND updated_at < :before
-          AND (:status <> 'retrying' OR coalesce(retry_at, updated_at) < now() - :grace)
+          AND (:status <> {sql_literal(MessageStatus.RETRYING)}
+               OR coalesce(retry_at, updated_at) < now() - :grace)
         ORDER BY updated_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -76,7 +78,7 @@ CLAIM = text(
     UPDATE message AS m SET updated_at = now()
     FROM orphan WHERE m.id = orphan.id
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts
-    """
+    """  # noqa: S608 (a status name from its enum, not input)
 )
 OUTBOX_FLOOR = text(
     "SELECT min(created_at) FROM outbox WHERE published_at IS NULL AND topic = ANY(:topics)"
@@ -85,7 +87,7 @@ OUTBOX_FLOOR = text(
 
 @dataclass(frozen=True)
 class Family:
-    status: str
+    status: MessageStatus
     topics: tuple[str, ...]
     groups: dict[str, str]  # topic -> the dispatcher group that consumes it
 
@@ -124,12 +126,12 @@ class Redrive:
         )
         self.families = (
             Family(
-                "queued",
+                MessageStatus.QUEUED,
                 (topics.message_send,),
                 {topics.message_send: topics.group("dispatcher")},
             ),
             Family(
-                "retrying",
+                MessageStatus.RETRYING,
                 retry_topics,
                 {
                     topic: topics.group(f"dispatcher-retry-{tier}")
@@ -188,7 +190,7 @@ class Redrive:
     ) -> Mark:
         async with self.sessions() as session:
             at: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
-            if family.status == "retrying":
+            if family.status == MessageStatus.RETRYING:
                 floor = (
                     await session.execute(OUTBOX_FLOOR, {"topics": list(family.topics)})
                 ).scalar_one()
@@ -205,7 +207,7 @@ class Redrive:
                     await session.execute(
                         CLAIM,
                         {
-                            "status": family.status,
+                            "status": family.status.value,
                             "before": before,
                             "grace": self.grace,
                             "limit": self.settings.scheduler_batch_size,
@@ -219,10 +221,10 @@ class Redrive:
             if len(rows) < self.settings.scheduler_batch_size:
                 break
         if total:
-            SCHEDULER_REDRIVEN.labels(family.status).inc(total)
+            SCHEDULER_REDRIVEN.labels(family.status.value).inc(total)
             log.warning(
                 "messages_redriven",
-                status=family.status,
+                status=family.status.value,
                 count=total,
                 reason="no send command left in Kafka: the dispatcher has consumed past it",
             )

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from services.api import mailings
+from services.api.buckets import BUCKETS_BY_NAME, Bucket
 from services.api.deps import UnitDep, bind_path_ids
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import (
-    BUCKETS_BY_NAME,
     ErrorOut,
     Forecast,
     MailingIn,
@@ -33,9 +33,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such mailing"}
 }
 StatusFilter = Literal[
-    "Created, waiting",
-    "Sent",
-    "Unable to deliver",
+    Bucket,
     "scheduled",
     "queued",
     "sending",

@@ -1,0 +1,110 @@
+"""Firing: due messages are claimed and their send commands published.
+
+Due messages are claimed with `FOR UPDATE SKIP LOCKED` and moved to `queued`; after
+that commits, their `SendMessage` commands are published (a command must never reach a
+dispatcher before the row it names is `queued`). If publishing fails, the batch goes
+back to `scheduled` (compare-and-set) and is fired again; a crash between the commit
+and the publish is covered by re-publishing long-`queued` messages (`requeue_stale`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, select, update
+
+from services.scheduler.commands import publish_send_commands
+from services.scheduler.work import Work, claim
+from shared.logging import get_logger
+from shared.metrics import MESSAGES_FIRED
+from shared.models import Message, MessageStatus
+from shared.statuses import changes_of, stage_status_events, transition_where
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = get_logger(__name__)
+
+
+async def fire_due(work: Work) -> int:
+    """Claim due messages, commit the claim, then publish their send commands."""
+    async with work.sessions() as session, session.begin():
+        due = (
+            select(Message.id)
+            .where(Message.status == MessageStatus.SCHEDULED, Message.due_at <= func.now())
+            .order_by(Message.due_at)
+            .limit(work.settings.scheduler_batch_size)
+            .with_for_update(skip_locked=True)
+            .cte("due")
+        )
+        rows = (
+            await session.execute(
+                update(Message)
+                .where(Message.id == due.c.id)
+                .values(status=MessageStatus.QUEUED, updated_at=func.now())
+                .returning(Message.id, Message.mailing_id, Message.client_id, Message.attempts)
+            )
+        ).all()
+        if not rows:
+            return 0
+        await stage_status_events(
+            session,
+            work.topics,
+            changes_of(rows, previous=MessageStatus.SCHEDULED),
+            MessageStatus.QUEUED,
+        )
+    work.on_commit()
+    try:
+        await publish_sends(work, rows)
+    except Exception as exc:
+        log.warning("send_commands_not_published", count=len(rows), error=repr(exc))
+        await unqueue(work, [row[0] for row in rows])
+        raise
+    MESSAGES_FIRED.inc(len(rows))
+    return len(rows)
+
+
+async def unqueue(work: Work, ids: list[int]) -> None:
+    """Put messages whose commands could not be published back to `scheduled`."""
+    async with work.sessions() as session, session.begin():
+        await transition_where(
+            session,
+            work.topics,
+            and_(Message.id.in_(ids), Message.status == MessageStatus.QUEUED),
+            MessageStatus.SCHEDULED,
+            error="send command not published; will retry",
+        )
+
+
+async def publish_sends(work: Work, rows: Sequence[Any]) -> None:
+    await publish_send_commands(
+        work.broker, work.topics.message_send, rows, event="send_command_published"
+    )
+
+
+async def requeue_stale(work: Work) -> int:
+    """Safety net: a message `queued` for long has its command published again.
+
+    Commands are published right after the claim commits; this covers a crash in
+    between. A duplicate command is harmless (the dispatcher's claim is a
+    compare-and-set)."""
+    stale = func.now() - timedelta(seconds=work.settings.requeue_after_s)
+    async with work.sessions() as session, session.begin():
+        rows = await claim(
+            work, session, and_(Message.status == MessageStatus.QUEUED, Message.updated_at < stale)
+        )
+    if rows:
+        await publish_sends(work, rows)
+        log.warning("queued_messages_republished", count=len(rows))
+    return len(rows)
+
+
+async def backlog(work: Work) -> int:
+    async with work.sessions() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.status == MessageStatus.SCHEDULED, Message.due_at <= func.now())
+        )
+    return int(count or 0)
