@@ -325,6 +325,9 @@ def create_service_app(
     return app
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """Framework errors as JSON, with two corrections:
 
@@ -333,11 +336,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     """
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        allowed: set[str] = set()
-        for route in request.app.router.routes:
-            match, _ = route.matches(request.scope)
-            if match != Match.NONE:
-                allowed |= set(getattr(route, "methods", None) or ())
+        # Asked route by route, method by method: an included router is one route of the
+        # app whose own routes are not listed (it matches FULL for a method one of them has).
+        allowed = {
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in request.app.router.routes
+            )
+        }
         headers["Allow"] = ", ".join(sorted(allowed))
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         return JSONResponse(
