@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
 	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
-	@echo "make lint       ruff lint + format check;  make fmt: apply ruff format and fixes"
+	@echo "make lint       ruff lint + format check, import rules;  make fmt: apply ruff format and fixes"
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
@@ -33,6 +33,7 @@ dev: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy shared services tools tests
@@ -55,7 +56,7 @@ infra-fetch: venv
 	$(BIN)/python -m tools.infra fetch-kafka
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .dev
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .dev
 
 # Latency of the statistics read on a mailing with MESSAGES messages (default 100000).
 MESSAGES ?= 100000

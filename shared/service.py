@@ -1,46 +1,40 @@
 """What every service process shares: its runtime, lifespan and operational endpoints.
 
-Each service builds its FastAPI app with `create_service_app`, giving its routers, the
-function that registers its Kafka subscribers, and its own background work. The app
-serves `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer,
-the service's consumers are started and none of them is failing), `/metrics`, `/docs`,
-and `/asyncapi` (with `/asyncapi.json`): the AsyncAPI document of the topics it
-consumes and publishes. A service with Kafka consumers also measures their lag and runs
-the stall watchdog (`shared.consumer_lag`).
+Each service builds its FastAPI app with `create_service_app`, giving its routers and its
+wiring: one function (`Wire`) that builds the service's parts on the runtime, registers
+its Kafka subscribers and returns the step that starts its background work. The app
+serves the operations routes of `shared.operations` (`/health`, `/ready`, `/metrics`,
+`/asyncapi`) besides the service's own, and `/docs`. A service with Kafka consumers also
+measures their lag and runs the stall watchdog (`shared.consumer_lag`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from faststream.specification import get_asyncapi_html
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from shared.asyncapi import declare_publishers, specification
+from shared.asyncapi import declare_publishers
 from shared.consumer_lag import watch_consumers
 from shared.consuming import ConsumerHealth
-from shared.db import create_engine, create_session_factory, ping
+from shared.db import create_engine, create_session_factory
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
 from shared.logging import KAFKA_CLIENT_NOISE, Outage, get_logger
-from shared.metrics import (
-    BROKER_CONNECTED,
-    DEPENDENCY_UP,
-    HttpMetricsMiddleware,
-    render_latest,
-)
+from shared.metrics import BROKER_CONNECTED, HttpMetricsMiddleware
+from shared.operations import ASYNCAPI_DOC, OPS_DOC, operations_router
+from shared.outbox import OutboxRelay
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
     from faststream.kafka import KafkaBroker
-    from faststream.specification import Specification
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from shared.asyncapi import Published
@@ -82,6 +76,19 @@ class Runtime:
         task = asyncio.create_task(_guarded(coro, name), name=name)
         self.tasks.append(task)
 
+    def outbox_relay(self) -> OutboxRelay:
+        """The service's outbox relay: every topic, recreating topics found deleted.
+
+        Not started: the service's `Start` step runs `relay.run(broker_started)`.
+        """
+        return OutboxRelay(
+            self.sessions,
+            self.broker,
+            topics=self.topics.all(),
+            service=self.service,
+            recreate_topics=lambda: ensure_topics(self.settings),
+        )
+
 
 async def _guarded(coro: Awaitable[None], name: str) -> None:
     try:
@@ -93,8 +100,13 @@ async def _guarded(coro: Awaitable[None], name: str) -> None:
         raise
 
 
+Start = Callable[[FastAPI], Awaitable[None]]
+"""A service's second step, once the app holds its runtime: its background work."""
+Wire = Callable[[Runtime], Start]
+"""A service's wiring, read in one place: builds its parts on the runtime, registers its
+Kafka subscribers (before the broker starts) and returns its `Start` step."""
 Setup = Callable[[Runtime, FastAPI], Awaitable[None]]
-Subscribe = Callable[[Runtime], None]
+"""A part's own start step, for a `Start` to await (see the reporter's daily report)."""
 
 
 async def _start_broker(runtime: Runtime) -> None:
@@ -165,41 +177,6 @@ async def _watch_kafka_client(settings: Settings) -> None:
                 KAFKA_CLIENT_NOISE.restored()
 
 
-class Check(BaseModel):
-    status: str
-    checks: dict[str, str]
-    failing: list[str] = []
-
-
-async def readiness(runtime: Runtime) -> Check:
-    settings = runtime.settings
-
-    async def check(name: str, probe: Callable[[], Awaitable[Any]]) -> tuple[str, str]:
-        try:
-            async with asyncio.timeout(settings.ready_timeout_s):
-                await probe()
-        except Exception as exc:
-            DEPENDENCY_UP.labels(runtime.service, name).set(0)
-            reason = str(exc) or type(exc).__name__
-            if not reason.startswith(type(exc).__name__):
-                reason = f"{type(exc).__name__}: {reason}"
-            return name, f"unavailable: {reason}"[:300]
-        DEPENDENCY_UP.labels(runtime.service, name).set(1)
-        return name, "ok"
-
-    results = dict(
-        await asyncio.gather(
-            check("postgresql", lambda: ping(runtime.engine)),
-            check("kafka", lambda: probe_kafka(settings)),
-        )
-    )
-    if results["kafka"] == "ok" and not runtime.broker_started.is_set():
-        results["kafka"] = "unavailable: consumers not started yet"
-    results.update(runtime.consumers.checks())
-    failing = [name for name, result in results.items() if result != "ok"]
-    return Check(status="unavailable" if failing else "ready", checks=results, failing=failing)
-
-
 def create_service_app(
     *,
     service: str,
@@ -207,122 +184,82 @@ def create_service_app(
     title: str,
     description: str,
     routers: Sequence[APIRouter] = (),
-    subscribe: Subscribe | None = None,
+    wire: Wire | None = None,
     publishes: Sequence[Published] = (),
-    setup: Setup | None = None,
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build a service's app; nothing connects until the lifespan runs.
 
     `publishes` names what the service publishes, for its AsyncAPI document (what it
-    consumes comes from the subscribers `subscribe` registers).
+    consumes comes from the subscribers `wire` registers).
     """
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings, application_name=service)
-        runtime = Runtime(
-            service=service,
-            settings=settings,
-            engine=engine,
-            sessions=create_session_factory(engine),
-            topics=topics_from(settings),
-            broker=create_broker(settings, client_id=service),
-        )
-        BROKER_CONNECTED.labels(service).set(0)
-        if subscribe is not None:
-            subscribe(runtime)
-        declare_publishers(runtime.broker, runtime.topics, publishes)
-        app.state.runtime = runtime
-        runtime.spawn(_start_broker(runtime), name="kafka-start")
-        runtime.spawn(_watch_kafka_client(settings), name="kafka-client-outage")
-        if runtime.broker.subscribers:
-            request_exit = getattr(app.state, "request_exit", None)
-            runtime.spawn(watch_consumers(runtime, request_exit), name="consumer-lag")
-        if setup is not None:
-            await setup(runtime, app)
-        log.info("service_started", port=_port(settings, service))
-        try:
-            yield
-        finally:
-            log.info("service_stopping")
-            runtime.consumers.stop()
-            for task in reversed(runtime.tasks):
-                task.cancel()
-            await asyncio.gather(*runtime.tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await runtime.broker.stop()
-            for close in runtime.closers:
-                with contextlib.suppress(Exception):
-                    await close()
-            await engine.dispose()
-            log.info("service_stopped")
-
     app = FastAPI(
         title=title,
         description=description + ASYNCAPI_DOC,
         version="1.0.0",
-        lifespan=lifespan,
+        lifespan=functools.partial(
+            _lifespan, service=service, settings=settings, wire=wire, publishes=publishes
+        ),
         openapi_tags=[*(openapi_tags or []), {"name": "operations", "description": OPS_DOC}],
     )
     app.add_middleware(HttpMetricsMiddleware, service=service)
-
-    @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service}
-
-    @app.get(
-        "/ready",
-        tags=["operations"],
-        summary="Readiness: PostgreSQL and Kafka answer, consumers started and not failing",
-        response_model=Check,
-        responses={503: {"model": Check, "description": "A dependency is unavailable"}},
-    )
-    async def ready() -> Response:
-        result = await readiness(app.state.runtime)
-        code = 200 if not result.failing else 503
-        return JSONResponse(result.model_dump(), status_code=code)
-
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {}}, "description": "Exposition format"}},
-    )
-    async def metrics() -> Response:
-        body, content_type = render_latest()
-        return Response(body, media_type=content_type)
-
-    documents: list[Specification] = []
-
-    def asyncapi() -> Specification | None:
-        """The document, built once the lifespan has registered subscribers."""
-        runtime: Runtime | None = getattr(app.state, "runtime", None)
-        if runtime is None:
-            return None
-        if not documents:
-            documents.append(specification(runtime.broker, title=title, description=description))
-        return documents[0]
-
-    @app.get("/asyncapi.json", include_in_schema=False)
-    async def asyncapi_json() -> Response:
-        document = asyncapi()
-        if document is None:
-            return JSONResponse({"detail": "starting"}, status_code=503)
-        return Response(document.to_json(), media_type="application/json")
-
-    @app.get("/asyncapi", include_in_schema=False)
-    async def asyncapi_html() -> Response:
-        document = asyncapi()
-        if document is None:
-            return JSONResponse({"detail": "starting"}, status_code=503)
-        return HTMLResponse(get_asyncapi_html(document, try_it_out_path=None))
-
+    app.include_router(operations_router(service=service, title=title, description=description))
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(
+    app: FastAPI,
+    *,
+    service: str,
+    settings: Settings,
+    wire: Wire | None,
+    publishes: Sequence[Published],
+) -> AsyncIterator[None]:
+    """The process's life: build the runtime, wire the service, start the broker in the
+    background, serve; at shutdown stop the loops, the broker, the parts, the engine."""
+    engine = create_engine(settings, application_name=service)
+    runtime = Runtime(
+        service=service,
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        topics=topics_from(settings),
+        broker=create_broker(settings, client_id=service),
+    )
+    BROKER_CONNECTED.labels(service).set(0)
+    start = wire(runtime) if wire is not None else None
+    declare_publishers(runtime.broker, runtime.topics, publishes)
+    app.state.runtime = runtime
+    runtime.spawn(_start_broker(runtime), name="kafka-start")
+    runtime.spawn(_watch_kafka_client(settings), name="kafka-client-outage")
+    if runtime.broker.subscribers:
+        request_exit = getattr(app.state, "request_exit", None)
+        runtime.spawn(watch_consumers(runtime, request_exit), name="consumer-lag")
+    if start is not None:
+        await start(app)
+    log.info("service_started", port=_port(settings, service))
+    try:
+        yield
+    finally:
+        log.info("service_stopping")
+        runtime.consumers.stop()
+        for task in reversed(runtime.tasks):
+            task.cancel()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await runtime.broker.stop()
+        for close in runtime.closers:
+            with contextlib.suppress(Exception):
+                await close()
+        await engine.dispose()
+        log.info("service_stopped")
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -333,11 +270,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     """
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        allowed: set[str] = set()
-        for route in request.app.router.routes:
-            match, _ = route.matches(request.scope)
-            if match != Match.NONE:
-                allowed |= set(getattr(route, "methods", None) or ())
+        # Asked route by route, method by method: an included router is one route of the
+        # app whose own routes are not listed (it matches FULL for a method one of them has).
+        allowed = {
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in request.app.router.routes
+            )
+        }
         headers["Allow"] = ", ".join(sorted(allowed))
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
         return JSONResponse(
@@ -355,14 +297,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     if exc.status_code == 204 or exc.status_code == 304:
         return Response(status_code=exc.status_code, headers=headers)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
-
-
-ASYNCAPI_DOC = """
-
-Kafka: [AsyncAPI docs](/asyncapi) ([JSON](/asyncapi.json)) of the topics this service
-consumes and publishes, with their message schemas.
-"""
-OPS_DOC = "Liveness, readiness and metrics for operators and orchestrators (no token needed)."
 
 
 def _port(settings: Settings, service: str) -> int | None:

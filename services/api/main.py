@@ -10,15 +10,13 @@ from services.api import errors
 from services.api.body_limit import BodyLimitMiddleware
 from services.api.routes import clients, mailings
 from shared.asyncapi import Published
-from shared.kafka import ensure_topics
 from shared.logging import get_logger
-from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from shared.service import Runtime
+    from shared.service import Runtime, Start
     from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -41,16 +39,15 @@ TAGS = [
 ]
 
 
-async def _start_relay(runtime: Runtime, app: FastAPI) -> None:
-    relay = OutboxRelay(
-        runtime.sessions,
-        runtime.broker,
-        topics=runtime.topics.all(),
-        service=runtime.service,
-        recreate_topics=lambda: ensure_topics(runtime.settings),
-    )
-    app.state.relay = relay
-    runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
+def wire(runtime: Runtime) -> Start:
+    """The API's one background part: the outbox relay that publishes its writes."""
+    relay = runtime.outbox_relay()
+
+    async def start(app: FastAPI) -> None:
+        app.state.relay = relay
+        runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
+
+    return start
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -63,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         routers=[clients.router, mailings.router],
         publishes=[Published.MAILING_EVENTS, Published.CLIENT_EVENTS, Published.STATUS_EVENTS],
-        setup=_start_relay,
+        wire=wire,
         openapi_tags=TAGS,
     )
     errors.install(app)

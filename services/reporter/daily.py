@@ -370,8 +370,9 @@ def _seconds(delta: timedelta) -> float:
 
 
 def start(clock: Clock | None = None) -> Setup:
-    """The reporter's setup hook: the report service on `app.state.reports`, and the
-    daily loop when REPORT_RECIPIENTS is set (otherwise one log line says it is off)."""
+    """The daily report's start step, awaited by the reporter's `wire`: the report
+    service on `app.state.reports`, and the daily loop when REPORT_RECIPIENTS is set
+    (otherwise one log line says it is off)."""
 
     async def setup(runtime: Runtime, app: FastAPI) -> None:
         reports = Reports(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from services.reporter.daily import Clock
-    from shared.service import Runtime
+    from shared.service import Runtime, Setup, Start
     from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -58,17 +59,26 @@ async def _maintain(counters: Counters, settings: Settings, started: asyncio.Eve
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
-    parts: list[Counters] = []
-    start_reports = daily.start(clock)
+    return create_service_app(
+        service="reporter",
+        settings=settings,
+        title="Notifications: reporter",
+        description=DESCRIPTION,
+        routers=[reports.router],
+        wire=functools.partial(wire, start_reports=daily.start(clock)),
+        openapi_tags=TAGS,
+    )
 
-    def wire(runtime: Runtime) -> None:
-        counters = Counters(runtime.sessions)
-        parts.append(counters)
-        subscribe(runtime, counters)
 
-    async def start(runtime: Runtime, app: FastAPI) -> None:
+def wire(runtime: Runtime, *, start_reports: Setup) -> Start:
+    """The reporter's parts and how they connect; returns the step that starts them."""
+    settings = runtime.settings
+    counters = Counters(runtime.sessions)
+    subscribe(runtime, counters)
+
+    async def start(app: FastAPI) -> None:
         runtime.spawn(
-            _maintain(parts[-1], settings, runtime.broker_started), name="counter-maintenance"
+            _maintain(counters, settings, runtime.broker_started), name="counter-maintenance"
         )
         if settings.reporter_reconcile_interval_s > 0:
             reconciler = reconcile.Reconciler(
@@ -86,13 +96,4 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             )
         await start_reports(runtime, app)
 
-    return create_service_app(
-        service="reporter",
-        settings=settings,
-        title="Notifications: reporter",
-        description=DESCRIPTION,
-        routers=[reports.router],
-        subscribe=wire,
-        setup=start,
-        openapi_tags=TAGS,
-    )
+    return start

@@ -9,14 +9,12 @@ from services.scheduler import redrive
 from services.scheduler.handlers import subscribe
 from services.scheduler.service import Scheduler
 from shared.asyncapi import Published
-from shared.kafka import ensure_topics
-from shared.outbox import OutboxRelay
 from shared.service import create_service_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from shared.service import Runtime
+    from shared.service import Runtime, Start
     from shared.settings import Settings
 
 DESCRIPTION = """
@@ -28,24 +26,26 @@ its outbox, `message.status`.
 
 
 def create_app(settings: Settings) -> FastAPI:
-    parts: list[tuple[Scheduler, OutboxRelay]] = []
+    return create_service_app(
+        service="scheduler",
+        settings=settings,
+        title="Notifications: scheduler",
+        description=DESCRIPTION,
+        wire=wire,
+        publishes=[Published.SEND_COMMANDS, Published.STATUS_EVENTS],
+    )
 
-    def wire(runtime: Runtime) -> None:
-        relay = OutboxRelay(
-            runtime.sessions,
-            runtime.broker,
-            topics=runtime.topics.all(),
-            service="scheduler",
-            recreate_topics=lambda: ensure_topics(settings),
-        )
-        scheduler = Scheduler(
-            runtime.sessions, runtime.broker, runtime.topics, settings, on_commit=relay.wake
-        )
-        parts.append((scheduler, relay))
-        subscribe(runtime, scheduler)
 
-    async def start(runtime: Runtime, app: FastAPI) -> None:
-        scheduler, relay = parts[-1]
+def wire(runtime: Runtime) -> Start:
+    """The scheduler's parts and how they connect; returns the step that starts them."""
+    settings = runtime.settings
+    relay = runtime.outbox_relay()
+    scheduler = Scheduler(
+        runtime.sessions, runtime.broker, runtime.topics, settings, on_commit=relay.wake
+    )
+    subscribe(runtime, scheduler)
+
+    async def start(app: FastAPI) -> None:
         app.state.scheduler = scheduler
         runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
         runtime.spawn(scheduler.run(runtime.broker_started), name="scheduler")
@@ -59,12 +59,4 @@ def create_app(settings: Settings) -> FastAPI:
                 name="redrive",
             )
 
-    return create_service_app(
-        service="scheduler",
-        settings=settings,
-        title="Notifications: scheduler",
-        description=DESCRIPTION,
-        subscribe=wire,
-        publishes=[Published.SEND_COMMANDS, Published.STATUS_EVENTS],
-        setup=start,
-    )
+    return start
