@@ -24,7 +24,7 @@ from tools.infra import (
     REPO,
     KafkaServer,
     PostgresServer,
-    _Process,
+    ServerProcess,
     free_port,
     run_migrations,
 )
@@ -67,7 +67,7 @@ class Supervised:
     name: str
     module: str
     port: int
-    process: _Process | None = None
+    process: ServerProcess | None = None
     started_at: float = 0.0
     failures_in_row: int = 0
     restarts: int = 0
@@ -97,7 +97,7 @@ class Supervisor:
             f"{service.module.upper()}_PORT": str(service.port),
             "LOG_FILE": str(self.workdir / "logs" / f"{service.name}.jsonl"),
         }
-        process = _Process(
+        process = ServerProcess(
             service.name,
             [sys.executable, "-m", f"services.{service.module}"],
             log_path=self.workdir / "logs" / f"{service.name}.out",
