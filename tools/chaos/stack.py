@@ -27,6 +27,7 @@ from tools.infra import (
     ServerProcess,
     free_port,
     run_migrations,
+    start_together,
 )
 
 if TYPE_CHECKING:
@@ -223,24 +224,7 @@ class Stack:
 
     def start(self, say: Any) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        errors: list[BaseException] = []
-
-        def run(server: PostgresServer | KafkaServer) -> None:
-            try:
-                server.start()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [
-            threading.Thread(target=run, args=(server,), daemon=True)
-            for server in (self.postgres, self.kafka)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        start_together([self.postgres, self.kafka])
         say(f"{self.postgres.description} at 127.0.0.1:{self.postgres.port}")
         say(f"{self.kafka.description} at {self.kafka.bootstrap}")
         run_migrations(self.postgres.url)
