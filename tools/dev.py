@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.infra import KafkaServer, PostgresServer, run_migrations
+from tools.infra import KafkaServer, PostgresServer, run_migrations, start_together
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".dev"
@@ -108,21 +108,7 @@ class Stack:
         ]
         if taken:
             raise SystemExit(f"dev: ports already in use: {taken} (another `make dev` running?)")
-        errors: list[BaseException] = []
-
-        def start(server: KafkaServer | PostgresServer) -> None:
-            try:
-                server.start()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start, args=(s,)) for s in (self.kafka, self.postgres)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        start_together([self.kafka, self.postgres])
         say(f"{self.kafka.description} at {self.kafka.bootstrap}")
         say(f"{self.postgres.description} at {self.postgres.url}")
         run_migrations(self.postgres.url)

@@ -39,12 +39,12 @@ from tools.infra import (
     LOCALHOST,
     InfraError,
     Managed,
-    _Process,
-    _tail,
-    _wait_until,
+    ServerProcess,
     cache_dir,
     fetch_once,
     free_port,
+    log_tail,
+    wait_until,
 )
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class PrometheusServer(Managed):
         self.targets = dict(targets)
         self.scrape_interval_s = scrape_interval_s
         self.port = port if port is not None else free_port()
-        self._process: _Process | None = None
+        self._process: ServerProcess | None = None
         self._cancel = threading.Event()
         self._http: httpx.Client | None = None
 
@@ -193,7 +193,7 @@ class PrometheusServer(Managed):
         config = self.workdir / "prometheus.yml"
         config.write_text(json.dumps(self.config(), indent=2) + "\n")  # JSON is YAML
         self._cancel.clear()
-        self._process = _Process(
+        self._process = ServerProcess(
             "prometheus",
             [
                 str(binary),
@@ -208,7 +208,7 @@ class PrometheusServer(Managed):
         )
         self._process.launch()
         try:
-            _wait_until(
+            wait_until(
                 "Prometheus",
                 self._ready,
                 self._process,
@@ -219,7 +219,7 @@ class PrometheusServer(Managed):
             self.stop()
             raise InfraError(
                 f"Prometheus ({binary}) did not start on {self.url}: {exc}\n"
-                f"--- {self.log_path} (tail)\n{_tail(self.log_path)}"
+                f"--- {self.log_path} (tail)\n{log_tail(self.log_path)}"
             ) from None
 
     def _ready(self) -> bool:

@@ -24,9 +24,10 @@ from tools.infra import (
     REPO,
     KafkaServer,
     PostgresServer,
-    _Process,
+    ServerProcess,
     free_port,
     run_migrations,
+    start_together,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class Supervised:
     name: str
     module: str
     port: int
-    process: _Process | None = None
+    process: ServerProcess | None = None
     started_at: float = 0.0
     failures_in_row: int = 0
     restarts: int = 0
@@ -97,7 +98,7 @@ class Supervisor:
             f"{service.module.upper()}_PORT": str(service.port),
             "LOG_FILE": str(self.workdir / "logs" / f"{service.name}.jsonl"),
         }
-        process = _Process(
+        process = ServerProcess(
             service.name,
             [sys.executable, "-m", f"services.{service.module}"],
             log_path=self.workdir / "logs" / f"{service.name}.out",
@@ -223,24 +224,7 @@ class Stack:
 
     def start(self, say: Any) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        errors: list[BaseException] = []
-
-        def run(server: PostgresServer | KafkaServer) -> None:
-            try:
-                server.start()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [
-            threading.Thread(target=run, args=(server,), daemon=True)
-            for server in (self.postgres, self.kafka)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        start_together([self.postgres, self.kafka])
         say(f"{self.postgres.description} at 127.0.0.1:{self.postgres.port}")
         say(f"{self.kafka.description} at {self.kafka.bootstrap}")
         run_migrations(self.postgres.url)
