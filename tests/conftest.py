@@ -23,7 +23,7 @@ from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-    from tests.report_helpers import SmtpServer
+    from tests.support.report_helpers import SmtpServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ class ApiClient:
 @pytest.fixture
 async def no_report_days(sessions: async_sessionmaker[AsyncSession]) -> None:
     """The daily-report tests' days (year 9999) forgotten, so each test starts afresh."""
-    from tests.report_helpers import clear_report_days
+    from tests.support.report_helpers import clear_report_days
 
     await clear_report_days(sessions)
 
@@ -159,7 +159,7 @@ async def no_report_days(sessions: async_sessionmaker[AsyncSession]) -> None:
 @pytest.fixture
 async def smtp() -> AsyncIterator[SmtpServer]:
     """A real SMTP server (aiosmtpd) on a free port, keeping what it receives."""
-    from tests.report_helpers import SmtpServer
+    from tests.support.report_helpers import SmtpServer
 
     server = await SmtpServer(free_port()).start()
     yield server

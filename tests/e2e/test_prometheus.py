@@ -25,8 +25,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared import metrics
 from tests.conftest import REPO
-from tests.pipeline import Pipeline
-from tests.polling import eventually
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 from tools.prometheus import PrometheusServer, promtool
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.api_helpers import error_fields, phone
+from tests.support.api_helpers import error_fields, phone
 
 if TYPE_CHECKING:
     from tests.conftest import ApiClient

@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from services.scheduler.redrive import Mark, passed
-from tests.kafka_helpers import read_topic
-from tests.pipeline import Pipeline
-from tests.polling import eventually
-from tests.test_consumer_failures import fmt, log_lines
+from tests.e2e.test_consumer_failures import fmt, log_lines
+from tests.support.kafka_helpers import read_topic
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -25,7 +25,7 @@ from ruamel.yaml import YAML
 from services.sandbox.settings import SandboxSettings, load_sandbox_settings
 from shared.settings import Settings, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 CI_FILE = REPO / ".gitlab-ci.yml"

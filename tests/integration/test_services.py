@@ -19,7 +19,7 @@ from services.dispatcher.main import create_app as dispatcher_app
 from services.reporter.main import create_app as reporter_app
 from services.scheduler.main import create_app as scheduler_app
 from tests.conftest import REPO, make_settings
-from tests.polling import eventually
+from tests.support.polling import eventually
 from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from shared.events import ClientCreated, ClientData, MailingDeleted, MailingRef
 from shared.kafka import create_broker, ensure_topics, topics_from
 from shared.models import Outbox
 from shared.outbox import OutboxRelay, add_events
-from tests.kafka_helpers import read_topic
-from tests.polling import eventually
+from tests.support.kafka_helpers import read_topic
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence

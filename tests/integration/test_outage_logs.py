@@ -25,7 +25,7 @@ from shared.events import ClientCreated, ClientData
 from shared.outbox import add_events
 from shared.topics import Topics
 from tests.conftest import REPO
-from tests.polling import eventually
+from tests.support.polling import eventually
 from tools.infra import KafkaServer, free_port
 
 if TYPE_CHECKING:

@@ -17,10 +17,10 @@ from shared.events import ClientCreated, ClientData
 from shared.kafka import create_broker, ensure_topics, topics_from
 from shared.models import Outbox
 from shared.outbox import OutboxRelay, add_events
-from tests.api_helpers import phone
 from tests.conftest import make_settings
-from tests.kafka_helpers import read_topic
-from tests.polling import eventually
+from tests.support.api_helpers import phone
+from tests.support.kafka_helpers import read_topic
+from tests.support.polling import eventually
 from tools.infra import KafkaServer, PostgresServer, run_migrations
 
 if TYPE_CHECKING:

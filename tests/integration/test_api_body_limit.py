@@ -18,9 +18,9 @@ from fastapi import FastAPI, Request
 
 from services.api.body_limit import BodyLimitMiddleware, max_body_bytes
 from services.api.main import create_app
-from tests.api_helpers import phone
 from tests.conftest import ApiClient, make_settings
-from tests.polling import eventually
+from tests.support.api_helpers import phone
+from tests.support.polling import eventually
 from tools.infra import free_port
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from services.dispatcher.recorder import OUTCOME_GROUP_MAX
-from tests.pipeline import Pipeline
-from tests.polling import eventually
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path

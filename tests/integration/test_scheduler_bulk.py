@@ -26,7 +26,7 @@ from shared.kafka import create_broker, ensure_topics, topics_from
 from shared.models import Message, MessageStatus
 from shared.statuses import transition_where
 from tests.conftest import make_settings
-from tests.kafka_helpers import read_topic
+from tests.support.kafka_helpers import read_topic
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

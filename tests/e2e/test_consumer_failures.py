@@ -28,8 +28,8 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from shared.consuming import ConsumerHealth, Failure, backoff_s
 from shared.kafka import create_broker
-from tests.pipeline import Pipeline, libpq
-from tests.polling import eventually
+from tests.support.pipeline import Pipeline, libpq
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -16,8 +16,8 @@ from services.reporter.mailer import SmtpMailer
 from services.reporter.main import create_app
 from services.reporter.render import daily_message_id
 from tests.conftest import make_settings
-from tests.polling import eventually
-from tests.report_helpers import (
+from tests.support.polling import eventually
+from tests.support.report_helpers import (
     DAY,
     Clock,
     SmtpServer,

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import REPO
-from tests.pipeline import Pipeline
-from tests.polling import eventually
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 from tools import logs
 
 if TYPE_CHECKING:

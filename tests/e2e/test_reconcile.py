@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import httpx
 
 from services.reporter.reconcile import Snapshot, confirmed
-from tests.pipeline import Pipeline
-from tests.polling import eventually
-from tests.test_consumer_failures import fmt, log_lines, metric
+from tests.e2e.test_consumer_failures import fmt, log_lines, metric
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path

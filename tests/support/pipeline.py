@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from services.sandbox.client import SandboxControl
 from services.sandbox.process import SandboxProcess
 from tests.conftest import REPO
-from tests.polling import eventually
+from tests.support.polling import eventually
 from tools.infra import free_port
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ from shared.events import (
     StatusData,
     StatusEvent,
 )
-from tests.pipeline import Pipeline
-from tests.polling import eventually
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path

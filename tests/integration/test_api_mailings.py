@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.db import create_engine
-from tests.api_helpers import error_fields, phone
+from tests.support.api_helpers import error_fields, phone
 
 if TYPE_CHECKING:
     from tests.conftest import ApiClient

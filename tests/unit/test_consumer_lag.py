@@ -36,8 +36,8 @@ from shared.consumer_lag import (
 from shared.events import MailingData, MailingUpdated, SendData, SendMessage
 from shared.kafka import ensure_topics
 from tests.conftest import REPO, make_settings
-from tests.pipeline import ensure_template, libpq
-from tests.polling import eventually
+from tests.support.pipeline import ensure_template, libpq
+from tests.support.polling import eventually
 from tools.infra import free_port
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.api_helpers import phone
+from tests.support.api_helpers import phone
 
 if TYPE_CHECKING:
     from tests.conftest import ApiClient

@@ -19,8 +19,8 @@ from services.reporter.main import create_app
 from services.reporter.render import compose
 from services.reporter.report import Report
 from tests.conftest import REPO, make_settings
-from tests.polling import eventually
-from tests.report_helpers import (
+from tests.support.polling import eventually
+from tests.support.report_helpers import (
     DAY,
     Clock,
     SmtpServer,
@@ -31,7 +31,7 @@ from tests.report_helpers import (
     report_row,
     self_signed,
 )
-from tests.test_report_render import SCHEDULE
+from tests.unit.test_report_render import SCHEDULE
 from tools.infra import free_port
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from shared.settings import Settings
     from tests.conftest import Infra
-    from tests.report_helpers import Certificate
+    from tests.support.report_helpers import Certificate
 
 TOKEN = {"Authorization": "Bearer test-token"}
 

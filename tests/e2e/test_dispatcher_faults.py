@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.kafka_helpers import read_topic
-from tests.pipeline import Pipeline
-from tests.polling import eventually
-from tests.tcp_proxy import CuttableProxy
+from tests.support.kafka_helpers import read_topic
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
+from tests.support.tcp_proxy import CuttableProxy
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from services.scheduler.service import _MAILING_LOCK as MAILING_LOCK
-from tests.pipeline import Pipeline
-from tests.polling import eventually
+from tests.support.pipeline import Pipeline
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
