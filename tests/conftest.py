@@ -8,32 +8,21 @@ missing: nothing here skips.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shared.db import create_engine, create_session_factory
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
+from tests.support.api_helpers import ApiClient
+from tests.support.infra import Infra, make_settings
 from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from tests.support.report_helpers import SmtpServer
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Infra:
-    database_url: str
-    kafka_bootstrap: str
-    kafka_version: str
-    postgres_version: str
 
 
 def pytest_report_header() -> list[str]:
@@ -75,19 +64,6 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             server.stop()
 
 
-def make_settings(infra: Infra, **overrides: object) -> Settings:
-    """Settings for one test: its own topic prefix so tests never read each other's."""
-    values: dict[str, object] = {
-        "database_url": infra.database_url,
-        "kafka_bootstrap": infra.kafka_bootstrap,
-        "kafka_topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
-        "kafka_partitions": 3,
-        "log_file": None,
-    }
-    values.update(overrides)
-    return load_settings(**values)
-
-
 @pytest.fixture
 def settings(infra: Infra) -> Settings:
     return make_settings(infra)
@@ -124,28 +100,6 @@ async def api(infra: Infra) -> AsyncIterator[ApiClient]:
         ) as client,
     ):
         yield ApiClient(client, settings, app)
-
-
-@dataclass
-class ApiClient:
-    http: Any
-    settings: Settings
-    app: Any
-
-    async def table_counts(self) -> dict[str, int]:
-        engine = create_engine(self.settings, application_name="tests")
-        try:
-            async with engine.connect() as conn:
-                from sqlalchemy import text
-
-                counts = {}
-                for table in ("client", "tag", "client_tag", "mailing", "message", "outbox"):
-                    counts[table] = (
-                        await conn.execute(text(f"SELECT count(*) FROM {table}"))
-                    ).scalar_one()
-                return counts
-        finally:
-            await engine.dispose()
 
 
 @pytest.fixture

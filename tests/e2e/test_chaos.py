@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.infra import REPO
 
 if TYPE_CHECKING:
     from pathlib import Path

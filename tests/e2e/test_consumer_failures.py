@@ -28,34 +28,16 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from shared.consuming import ConsumerHealth, Failure, backoff_s
 from shared.kafka import create_broker
-from tests.support.pipeline import Pipeline, libpq
+from tests.support.pipeline import Pipeline, fmt, libpq, log_lines, metric
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from shared.settings import Settings
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 NO_SAFETY_NETS = {"REDRIVE_INTERVAL_S": "0", "REPORTER_RECONCILE_INTERVAL_S": "0"}
-
-
-def fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def log_lines(pipe: Pipeline, service: str) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-    if not pipe.log_file.exists():
-        return lines
-    for raw in pipe.log_file.read_text().splitlines():
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(line, dict) and line.get("service") == service:
-            lines.append(line)
-    return lines
 
 
 def handler_failures(pipe: Pipeline, service: str) -> list[dict[str, Any]]:
@@ -120,16 +102,6 @@ async def ready(pipe: Pipeline, service: str) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.get(f"http://127.0.0.1:{pipe.ports[service]}/ready")
         return response.status_code, response.json()
-
-
-async def metric(pipe: Pipeline, service: str, name: str) -> float:
-    async with httpx.AsyncClient(timeout=10) as client:
-        text = (await client.get(f"http://127.0.0.1:{pipe.ports[service]}/metrics")).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
 
 
 def assert_said_so(pipe: Pipeline, service: str, seen: tuple[int, dict[str, Any]]) -> None:

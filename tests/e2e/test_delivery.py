@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 def fmt(moment: datetime) -> str:
@@ -312,7 +312,7 @@ async def test_dead_letters_can_be_replayed(pipeline: Pipeline) -> None:
     from aiokafka import AIOKafkaProducer
 
     from shared.events import SendData, SendMessage
-    from tests.conftest import REPO
+    from tests.support.infra import REPO
 
     tag = f"t{uuid.uuid4().hex[:6]}"
     [client] = await pipeline.clients(1, tag=[tag])

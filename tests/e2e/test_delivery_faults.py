@@ -17,7 +17,7 @@ from tests.support.polling import eventually
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 def fmt(moment: datetime) -> str:

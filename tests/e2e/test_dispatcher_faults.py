@@ -22,7 +22,7 @@ from tests.support.tcp_proxy import CuttableProxy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 def fmt(moment: datetime) -> str:

@@ -24,7 +24,7 @@ import httpx
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared import metrics
-from tests.conftest import REPO
+from tests.support.infra import REPO
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 from tools.prometheus import PrometheusServer, promtool
@@ -32,7 +32,7 @@ from tools.prometheus import PrometheusServer, promtool
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
 # What Grafana puts in place of its own variables, wide enough to span the whole run.

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING
 import httpx
 
 from services.reporter.reconcile import Snapshot, confirmed
-from tests.e2e.test_consumer_failures import fmt, log_lines, metric
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, fmt, log_lines, metric
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 def test_the_residual_accounts_for_events_in_flight() -> None:

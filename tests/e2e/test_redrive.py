@@ -12,15 +12,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from services.scheduler.redrive import Mark, passed
-from tests.e2e.test_consumer_failures import fmt, log_lines
 from tests.support.kafka_helpers import read_topic
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, fmt, log_lines
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 def test_a_mark_is_passed_only_when_every_partition_is_committed_up_to_it() -> None:

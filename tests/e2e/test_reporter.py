@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 async def _mailing_row(sessions: async_sessionmaker[AsyncSession]) -> int:

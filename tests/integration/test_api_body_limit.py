@@ -18,15 +18,15 @@ from fastapi import FastAPI, Request
 
 from services.api.body_limit import BodyLimitMiddleware, max_body_bytes
 from services.api.main import create_app
-from tests.conftest import ApiClient, make_settings
-from tests.support.api_helpers import phone
+from tests.support.api_helpers import ApiClient, phone
+from tests.support.infra import make_settings
 from tests.support.polling import eventually
 from tools.infra import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 LIMIT = 64 * 1024
 TOKEN = "body-token"

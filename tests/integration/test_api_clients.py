@@ -9,7 +9,7 @@ import pytest
 from tests.support.api_helpers import error_fields, phone
 
 if TYPE_CHECKING:
-    from tests.conftest import ApiClient
+    from tests.support.api_helpers import ApiClient
 
 URL = "/api/v1/clients/"
 

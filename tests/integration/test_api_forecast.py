@@ -13,7 +13,7 @@ import pytest
 from tests.support.api_helpers import phone
 
 if TYPE_CHECKING:
-    from tests.conftest import ApiClient
+    from tests.support.api_helpers import ApiClient
 
 NO_TIME = "no allowed local time before stop"
 

@@ -12,7 +12,7 @@ from shared.db import create_engine
 from tests.support.api_helpers import error_fields, phone
 
 if TYPE_CHECKING:
-    from tests.conftest import ApiClient
+    from tests.support.api_helpers import ApiClient
 
 URL = "/api/v1/notifications/"
 BODY: dict[str, Any] = {

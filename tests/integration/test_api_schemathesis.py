@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.conftest import REPO
+from tests.support.infra import REPO
 from tools.infra import free_port
 
 if TYPE_CHECKING:
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(

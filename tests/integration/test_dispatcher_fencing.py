@@ -22,7 +22,7 @@ from shared.db import create_engine, create_session_factory
 from shared.events import SendData
 from shared.kafka import topics_from
 from shared.models import MessageStatus, Outbox
-from tests.conftest import make_settings
+from tests.support.infra import make_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 
 class NoGateway:

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.conftest import REPO
+from tests.support.infra import REPO
 
 if TYPE_CHECKING:
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 TABLES = {
     "client",

@@ -24,7 +24,7 @@ import httpx
 from shared.events import ClientCreated, ClientData
 from shared.outbox import add_events
 from shared.topics import Topics
-from tests.conftest import REPO
+from tests.support.infra import REPO
 from tests.support.polling import eventually
 from tools.infra import KafkaServer, free_port
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 OUTAGE_S = 15.0
 # Each component says once that it lost the broker and once that it is back, and may

@@ -17,8 +17,8 @@ from shared.events import ClientCreated, ClientData
 from shared.kafka import create_broker, ensure_topics, topics_from
 from shared.models import Outbox
 from shared.outbox import OutboxRelay, add_events
-from tests.conftest import make_settings
 from tests.support.api_helpers import phone
+from tests.support.infra import make_settings
 from tests.support.kafka_helpers import read_topic
 from tests.support.polling import eventually
 from tools.infra import KafkaServer, PostgresServer, run_migrations
@@ -26,7 +26,8 @@ from tools.infra import KafkaServer, PostgresServer, run_migrations
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import ApiClient, Infra
+    from tests.support.api_helpers import ApiClient
+    from tests.support.infra import Infra
 
 MAILING = {
     "date_time_start": "2031-01-02 09:00:00",

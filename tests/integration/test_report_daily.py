@@ -15,7 +15,7 @@ from services.reporter.daily import Reports
 from services.reporter.mailer import SmtpMailer
 from services.reporter.main import create_app
 from services.reporter.render import daily_message_id
-from tests.conftest import make_settings
+from tests.support.infra import make_settings
 from tests.support.polling import eventually
 from tests.support.report_helpers import (
     DAY,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 RECIPIENTS = ["ops@example.com", "lead@example.org"]
 SENDER = "Notifications <reports@example.com>"

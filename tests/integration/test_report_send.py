@@ -18,10 +18,11 @@ from services.reporter.mailer import MailError, SmtpMailer
 from services.reporter.main import create_app
 from services.reporter.render import compose
 from services.reporter.report import Report
-from tests.conftest import REPO, make_settings
+from tests.support.infra import REPO, make_settings
 from tests.support.polling import eventually
 from tests.support.report_helpers import (
     DAY,
+    SCHEDULE,
     Clock,
     SmtpServer,
     add_clients,
@@ -31,7 +32,6 @@ from tests.support.report_helpers import (
     report_row,
     self_signed,
 )
-from tests.unit.test_report_render import SCHEDULE
 from tools.infra import free_port
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
     from tests.support.report_helpers import Certificate
 
 TOKEN = {"Authorization": "Bearer test-token"}

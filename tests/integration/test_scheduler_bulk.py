@@ -25,7 +25,7 @@ from services.scheduler.service import Scheduler
 from shared.kafka import create_broker, ensure_topics, topics_from
 from shared.models import Message, MessageStatus
 from shared.statuses import transition_where
-from tests.conftest import make_settings
+from tests.support.infra import make_settings
 from tests.support.kafka_helpers import read_topic
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
-    from tests.conftest import ApiClient, Infra
+    from tests.support.api_helpers import ApiClient
+    from tests.support.infra import Infra
 
 URL = "/api/v1/notifications/"
 BATCH = 1000  # SCHEDULER_BULK_BATCH_SIZE of these tests

@@ -18,7 +18,7 @@ from services.api.main import create_app as api_app
 from services.dispatcher.main import create_app as dispatcher_app
 from services.reporter.main import create_app as reporter_app
 from services.scheduler.main import create_app as scheduler_app
-from tests.conftest import REPO, make_settings
+from tests.support.infra import REPO, make_settings
 from tests.support.polling import eventually
 from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from shared.settings import Settings
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 SERVICES: dict[str, Callable[[Settings], FastAPI]] = {
     "api": api_app,

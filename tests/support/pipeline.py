@@ -6,12 +6,14 @@ Every service logs JSON lines to `<workdir>/statistic.log`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -20,14 +22,14 @@ from sqlalchemy.engine import make_url
 
 from services.sandbox.client import SandboxControl
 from services.sandbox.process import SandboxProcess
-from tests.conftest import REPO
+from tests.support.infra import REPO
 from tests.support.polling import eventually
 from tools.infra import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 TOKEN = "e2e-token"
 SERVICES = ("api", "scheduler", "dispatcher", "reporter")
@@ -261,3 +263,37 @@ class Pipeline:
         assert response.status_code == 201, response.text
         created: dict[str, Any] = response.json()
         return created
+
+
+# --- reading what the services said -------------------------------------------------
+
+
+def fmt(moment: datetime) -> str:
+    """The log files' time format (UTC), for `make logs`-style comparisons."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def log_lines(pipe: Pipeline, service: str) -> list[dict[str, Any]]:
+    """The JSON lines `service` wrote to the pipeline's log file."""
+    lines: list[dict[str, Any]] = []
+    if not pipe.log_file.exists():
+        return lines
+    for raw in pipe.log_file.read_text().splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("service") == service:
+            lines.append(line)
+    return lines
+
+
+async def metric(pipe: Pipeline, service: str, name: str) -> float:
+    """The sum of one metric's samples on `service`'s /metrics."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"http://127.0.0.1:{pipe.ports[service]}/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )

@@ -16,7 +16,7 @@ import subprocess
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from aiosmtpd.controller import Controller
 from sqlalchemy import delete, insert, select
 
+from services.reporter.schedule import Schedule
 from shared.models import Client, DailyReport, Mailing, MailingStatusCount, Message
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 ZONE = ZoneInfo("Europe/Berlin")
 DAY = date(9999, 3, 10)  # CET (UTC+1): the 08:00 report is due at 07:00 UTC
 FIRST_DAY = date(9999, 1, 1)
+SCHEDULE = Schedule(time(8, 0), ZONE)  # the rendering tests' report: 08:00 in Berlin
 
 
 def local(day: date, hour: int, minute: int = 0, second: int = 0) -> datetime:

@@ -35,7 +35,7 @@ from shared.consumer_lag import (
 )
 from shared.events import MailingData, MailingUpdated, SendData, SendMessage
 from shared.kafka import ensure_topics
-from tests.conftest import REPO, make_settings
+from tests.support.infra import REPO, make_settings
 from tests.support.pipeline import ensure_template, libpq
 from tests.support.polling import eventually
 from tools.infra import free_port
@@ -43,7 +43,7 @@ from tools.infra import free_port
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 STALL_S = 300.0
 

@@ -21,7 +21,7 @@ from shared.logging import (
     get_logger,
 )
 from shared.settings import load_settings
-from tests.conftest import REPO
+from tests.support.infra import REPO
 from tools import logs
 
 if TYPE_CHECKING:

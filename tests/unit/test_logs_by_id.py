@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.infra import REPO
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 from tools import logs
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests.conftest import Infra
+    from tests.support.infra import Infra
 
 Line = dict[str, Any]
 

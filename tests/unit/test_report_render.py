@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, date, datetime, timedelta
 
 from services.reporter.render import (
     compose,
@@ -21,9 +20,8 @@ from services.reporter.report import (
     Report,
     delivery_rate,
 )
-from services.reporter.schedule import Schedule
+from tests.support.report_helpers import SCHEDULE
 
-SCHEDULE = Schedule(time(8, 0), ZoneInfo("Europe/Berlin"))
 NOW = datetime(2031, 1, 2, 7, 0, 5, tzinfo=UTC)  # 08:00:05 in Berlin
 
 
