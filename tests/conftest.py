@@ -1,14 +1,20 @@
-"""Session infrastructure: the real PostgreSQL and the real Kafka broker.
+"""The suite's fixtures and hooks; the helpers live in tests/support.
 
-`make test` starts both (tools/infra.py) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a
-bare `pytest` starts them itself. Tests that need them fail loudly when they are
-missing: nothing here skips.
+Each test is marked by its folder: `unit` (tests/unit: no PostgreSQL, no Kafka; `make
+test-fast`), `integration` (tests/integration: one component on the real PostgreSQL
+and/or Kafka), `e2e` (tests/e2e: the services as processes, the chaos soak).
+
+Session infrastructure: the real PostgreSQL and the real Kafka broker. `make test`
+starts both (tools/infra) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a bare `pytest`
+starts them itself. Tests that need them fail loudly when they are missing: nothing
+here skips.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -23,6 +29,26 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from tests.support.report_helpers import SmtpServer
+
+
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder; a unit test asking for PostgreSQL/Kafka is an error."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        kind = parts[0] if len(parts) > 1 else None
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(KINDS)}}}/")
+        item.add_marker(getattr(pytest.mark, kind))
+        if kind == "unit" and "infra" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(
+                f"{item.nodeid}: needs PostgreSQL/Kafka (the infra fixture): "
+                "it belongs in tests/integration or tests/e2e"
+            )
 
 
 def pytest_report_header() -> list[str]:

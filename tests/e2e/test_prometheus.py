@@ -6,25 +6,21 @@ Debian's Prometheus scrapes every service each second. Then every query of every
 of every dashboard in deploy/grafana/dashboards must return data, and the main counters
 must agree with what happened to the messages.
 
-Cheaper checks first: the dashboards are well-formed Grafana JSON on the `prometheus`
-datasource and only query metrics that exist; the README documents every metric.
+The cheaper checks without infrastructure (well-formed dashboards querying only metrics
+that exist; the README documents every metric): tests/unit/test_dashboards.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from prometheus_client import Counter, Gauge, Histogram
 
-from shared import metrics
-from tests.support.infra import REPO
+from tests.support.dashboards import GRAFANA_VARIABLES, substitute, targets
 from tests.support.pipeline import Pipeline
 from tests.support.polling import eventually
 from tools.prometheus import PrometheusServer, promtool
@@ -33,118 +29,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.support.infra import Infra
-
-DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
-# What Grafana puts in place of its own variables, wide enough to span the whole run.
-GRAFANA_VARIABLES = {"__rate_interval": "5m", "__interval": "1m", "__range": "15m"}
-METRIC_NAME = re.compile(r"\bnotifications_[a-z0-9_]+")
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    for panel in dashboard["panels"]:
-        if panel["type"] == "row":
-            found.extend(panel.get("panels", []))
-        else:
-            found.append(panel)
-    return found
-
-
-def targets() -> list[tuple[str, str, str]]:
-    """(dashboard title, panel title, expr) of every panel query."""
-    return [
-        (board["title"], panel["title"], target["expr"])
-        for board in dashboards().values()
-        for panel in panels(board)
-        for target in panel["targets"]
-    ]
-
-
-def substitute(expr: str, values: dict[str, str]) -> str:
-    for name, value in sorted(values.items(), key=lambda item: -len(item[0])):
-        expr = expr.replace("${" + name + "}", value).replace("$" + name, value)
-    return expr
-
-
-def exposed_names() -> set[str]:
-    """Every sample name the project's metrics expose."""
-    names: set[str] = set()
-    for value in vars(metrics).values():
-        if isinstance(value, Counter):
-            names.add(value._name + "_total")
-        elif isinstance(value, Histogram):
-            names.update(value._name + suffix for suffix in ("_bucket", "_count", "_sum"))
-        elif isinstance(value, Gauge):
-            names.add(value._name)
-    return names
-
-
-def documented_names() -> set[str]:
-    """The metric names each metric is documented under (histograms by their base name)."""
-    names: set[str] = set()
-    for value in vars(metrics).values():
-        if isinstance(value, Counter):
-            names.add(value._name + "_total")
-        elif isinstance(value, Histogram | Gauge):
-            names.add(value._name)
-    return names
-
-
-# --- without infrastructure --------------------------------------------------------------
-
-
-def test_three_dashboards_on_the_prometheus_datasource() -> None:
-    boards = dashboards()
-    assert {board["title"] for board in boards.values()} == {
-        "Delivery funnel",
-        "Gateway health",
-        "Backlog and lag",
-    }
-    assert len({board["uid"] for board in boards.values()}) == 3
-    for name, board in boards.items():
-        nested = [inner for panel in board["panels"] for inner in panel.get("panels", [])]
-        ids = [panel["id"] for panel in board["panels"] + nested]
-        assert len(ids) == len(set(ids)), f"{name}: panel ids repeat"
-        for panel in panels(board):
-            assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, name
-            assert panel["targets"], f"{name}: {panel['title']} has no query"
-            for target in panel["targets"]:
-                assert target["datasource"]["uid"] == "prometheus"
-                assert target["expr"].strip()
-    funnel = next(board for board in boards.values() if board["title"] == "Delivery funnel")
-    [variable] = funnel["templating"]["list"]
-    assert variable["name"] == "mailing_id"
-    assert variable["definition"] == (
-        "label_values(notifications_mailing_status_messages, mailing_id)"
-    )
-
-
-def test_dashboards_query_only_metrics_that_exist() -> None:
-    known = exposed_names()
-    unknown = {
-        (panel, name)
-        for _, panel, expr in targets()
-        for name in METRIC_NAME.findall(expr)
-        if name not in known
-    }
-    assert not unknown
-
-
-def test_the_readme_documents_every_metric() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
-    rows = {
-        match.group(1)
-        for match in re.finditer(r"^\| `(notifications_[a-z0-9_]+)`", section, re.MULTILINE)
-    }
-    assert rows == documented_names()
-
-
-# --- the live pipeline and a real Prometheus ---------------------------------------------
 
 
 def _stamp(moment: datetime) -> str:

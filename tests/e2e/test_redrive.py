@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from services.scheduler.redrive import Mark, passed
 from tests.support.kafka_helpers import read_topic
 from tests.support.pipeline import Pipeline, fmt, log_lines
 from tests.support.polling import eventually
@@ -20,16 +19,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.support.infra import Infra
-
-
-def test_a_mark_is_passed_only_when_every_partition_is_committed_up_to_it() -> None:
-    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
-    mark = Mark(datetime.now(UTC), {a: 10, b: 5})
-    assert passed(mark, {a: 10, b: 7}, {})
-    assert not passed(mark, {a: 9, b: 7}, {})
-    assert not passed(mark, {a: None, b: 5}, {a: 0})  # nothing committed yet
-    # Records below the log start no longer exist: nothing there can be pending.
-    assert passed(mark, {a: 2, b: None}, {a: 10, b: 5})
 
 
 async def truncate(bootstrap: str, topic: str) -> int:

@@ -11,13 +11,10 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from shared.events import (
-    ClientCreated,
-    ClientData,
     MailingCreated,
     MailingData,
     MailingDeleted,
     MailingRef,
-    client_event_adapter,
     mailing_event_adapter,
 )
 from shared.kafka import create_broker, ensure_topics, topics_from
@@ -83,14 +80,3 @@ async def test_mailing_events_round_trip_keyed_and_in_order(settings: Settings) 
     assert first == (b"42", created)
     assert second == (b"42", deleted)
     assert isinstance(second[1], MailingDeleted)
-
-
-def test_unknown_fields_are_ignored_and_type_selects_the_schema() -> None:
-    event = ClientCreated(payload=ClientData(id=7, phone="79001234567", operator_code=900))
-    record = event.to_record()
-    record["added_later"] = True
-    record["payload"]["nickname"] = "x"
-    parsed = client_event_adapter.validate_python(record)
-    assert parsed == event
-    assert record["schema_version"] == 1
-    assert record["type"] == "client.created"
