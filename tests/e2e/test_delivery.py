@@ -3,7 +3,6 @@ what the gateway really received, when, and how many times."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -97,12 +96,16 @@ async def test_a_future_mailing_starts_by_itself(pipeline: Pipeline) -> None:
     mailing = await pipeline.mailing(
         **window_body(start, start + timedelta(minutes=5)), text="Later", tag=[tag]
     )
-    await asyncio.sleep(1)
     assert await pipeline.control.accepted() == []
     assert await pipeline.statuses(mailing["id"]) == {}  # audience not fixed yet
     assert await pipeline.settled(mailing["id"], timeout=30) == {"sent": 3}
     arrivals = [at for _, at in await pipeline.control.accepted()]
     assert min(arrivals) >= start.timestamp()
+    # The audience was fixed at the start, not when the mailing was created.
+    [(activated_at,)] = pipeline.query(
+        "SELECT activated_at FROM mailing WHERE id = %s", mailing["id"]
+    )
+    assert activated_at >= start
 
 
 async def test_window_holds_and_crossing_midnight(pipeline: Pipeline) -> None:
@@ -122,7 +125,12 @@ async def test_window_holds_and_crossing_midnight(pipeline: Pipeline) -> None:
     await eventually(
         lambda: accepted_ids(pipeline), lambda ids: len(ids) == 2, timeout=30, what="2 sent"
     )
-    await asyncio.sleep(1.5)
+    # The two sends recorded as sent; the third planned for its window, not sent.
+    await eventually(
+        lambda: pipeline.statuses(mailing["id"]),
+        lambda counts: counts == {"sent": 2, "scheduled": 1},
+        what="2 sent, 1 scheduled",
+    )
     rows = pipeline.query(
         "SELECT client_id, status, due_at FROM message WHERE mailing_id = %s", mailing["id"]
     )
@@ -267,14 +275,31 @@ async def test_deleted_mailing_sends_nothing_more(pipeline: Pipeline) -> None:
     )
     await eventually(lambda: pipeline.statuses(mailing["id"]), lambda c: c == {"scheduled": 3})
     # Make them due right now, then delete the mailing at once.
-    pipeline.query(
+    [(due_at,), *_] = pipeline.query(
         "UPDATE message SET due_at = now() + interval '2 seconds' "
-        "WHERE mailing_id = %s RETURNING id",
+        "WHERE mailing_id = %s RETURNING due_at",
         mailing["id"],
     )
     assert (await pipeline.api.delete(f"/api/v1/notifications/{mailing['id']}/")).status_code == 204
-    await asyncio.sleep(4)
-    assert await pipeline.control.accepted() == []
+    # A later event to wait for: another mailing's message, due a second after them.
+    marker_tag = f"t{uuid.uuid4().hex[:6]}"
+    await pipeline.clients(1, tag=[marker_tag], timezone=gmt_zone(12))
+    marker = await pipeline.mailing(
+        **window_body(now() - timedelta(minutes=1), now() + timedelta(days=1)),
+        text="Marker",
+        tag=[marker_tag],
+        time_interval_start="20:00",
+        time_interval_end="21:00",
+    )
+    await eventually(lambda: pipeline.statuses(marker["id"]), lambda c: c == {"scheduled": 1})
+    [(marker_message,)] = pipeline.query(
+        "UPDATE message SET due_at = %s WHERE mailing_id = %s RETURNING id",
+        due_at + timedelta(seconds=1),
+        marker["id"],
+    )
+    assert await pipeline.settled(marker["id"], timeout=30) == {"sent": 1}
+    # Past their due time the gateway received the marker alone.
+    assert await accepted_ids(pipeline) == [marker_message]
     assert await pipeline.statuses(mailing["id"]) == {}
 
 

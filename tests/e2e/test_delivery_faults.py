@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from services.dispatcher.recorder import OUTCOME_GROUP_MAX
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, log_lines
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:
@@ -35,6 +35,13 @@ def mailing_body(tag: str, stop_in: timedelta, text: str = "Fault tolerant") -> 
         "text": text,
         "tag": [tag],
     }
+
+
+def breaker_openings(pipe: Pipeline) -> int:
+    """How many times a dispatcher logged its gateway circuit breaker opening."""
+    return sum(
+        1 for line in log_lines(pipe, "dispatcher") if line["event"] == "gateway_breaker_open"
+    )
 
 
 async def test_5xx_hangs_and_garbage_still_deliver_everything_once(
@@ -71,7 +78,13 @@ async def test_an_outage_opens_the_breaker_loses_nothing_and_the_backlog_drains(
         await pipe.bulk_clients(400, tag)
         await pipe.control.outage("refuse", 20)
         mailing = await pipe.mailing(**mailing_body(tag, timedelta(minutes=10)))
-        await asyncio.sleep(8)
+        # The dispatcher met the outage: its breaker opened.
+        await eventually(
+            lambda: asyncio.sleep(0, result=breaker_openings(pipe)),
+            lambda opened: opened > 0,
+            timeout=15,
+            what="the breaker opened",
+        )
         # Mid-outage: nothing delivered, nothing given up on.
         during = await pipe.statuses(mailing["id"])
         assert "sent" not in during

@@ -225,6 +225,7 @@ async def test_retries_end_at_the_caps_with_failed_and_a_dead_letter(
             "SELECT id, last_error FROM message WHERE mailing_id = %s",
             mailing["id"],
         )
+        await pipe.outbox_drained(f"{pipe.name}.message.send.dlq")
         dead = await read_topic(
             infra.kafka_bootstrap, f"{pipe.name}.message.send.dlq", expect=10, timeout=30
         )

@@ -133,9 +133,8 @@ async def test_a_healthy_backlog_is_not_republished(infra: Infra, tmp_path: Path
             what="queued messages older than several re-drive passes",
         )
         counts = await pipe.settled(mailing["id"], timeout=150)
-        commands = await read_topic(
-            infra.kafka_bootstrap, f"{pipe.name}.message.send", expect=300, settle=2.0
-        )
+        await pipe.outbox_drained(f"{pipe.name}.message.send")
+        commands = await read_topic(infra.kafka_bootstrap, f"{pipe.name}.message.send", expect=300)
     finally:
         await pipe.stop()
     assert counts == {"sent": 300}

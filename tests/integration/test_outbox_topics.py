@@ -105,8 +105,8 @@ async def test_other_topics_go_out_and_the_deleted_one_once_it_exists_again(
         async with sessions() as session, session.begin():
             await add_events(session, topics.mailing_events, _mailings(1, 1))  # type: ignore[arg-type]
             await add_events(session, topics.client_events, _clients(1, 1))  # type: ignore[arg-type]
-        await read_topic(settings.kafka_bootstrap, topics.mailing_events, expect=1, settle=0)
-        await read_topic(settings.kafka_bootstrap, topics.client_events, expect=1, settle=0)
+        await read_topic(settings.kafka_bootstrap, topics.mailing_events, expect=1)
+        await read_topic(settings.kafka_bootstrap, topics.client_events, expect=1)
 
         # ...then one is deleted, and its events come first in the outbox.
         await _delete_topic(settings, topics.mailing_events)
@@ -147,7 +147,7 @@ async def test_the_relay_creates_a_deleted_topic_again(
     async with _relay_running(settings, sessions, recreate=lambda: ensure_topics(settings)):
         async with sessions() as session, session.begin():
             await add_events(session, topics.mailing_events, _mailings(1, 1))  # type: ignore[arg-type]
-        await read_topic(settings.kafka_bootstrap, topics.mailing_events, expect=1, settle=0)
+        await read_topic(settings.kafka_bootstrap, topics.mailing_events, expect=1)
         await _delete_topic(settings, topics.mailing_events)
         async with sessions() as session, session.begin():
             await add_events(session, topics.mailing_events, _mailings(2, 5))  # type: ignore[arg-type]

@@ -7,14 +7,18 @@ import json
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0, settle: float = 1.0
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0
 ) -> list[tuple[str, dict[str, Any]]]:
     """All records of `topic` from the beginning as (key, value): wait until `expect`
-    have arrived, then `settle` seconds more so that extra (duplicate) ones show too."""
+    have arrived, then read on to the end offsets the topic had at that moment, so that
+    every extra (duplicate) record written before the expected ones were in shows too.
+
+    A duplicate written later still escapes: to rule one out, wait first for an event
+    that follows it (a later record of the same producer), not for a length of time."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -26,11 +30,14 @@ async def read_topic(
     records: list[tuple[str, dict[str, Any]]] = []
     try:
         deadline = time.monotonic() + timeout
-        settle_until: float | None = None
+        ends: dict[TopicPartition, int] | None = None
         while time.monotonic() < deadline:
-            if settle_until is None and len(records) >= expect:
-                settle_until = time.monotonic() + settle
-            if settle_until is not None and time.monotonic() >= settle_until:
+            if ends is None and len(records) >= expect:
+                partitions = consumer.partitions_for_topic(topic) or set()
+                ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+            if ends is not None and all(
+                await asyncio.gather(*(_reached(consumer, tp, end) for tp, end in ends.items()))
+            ):
                 break
             batch = await consumer.getmany(timeout_ms=200)
             for partition_records in batch.values():
@@ -40,3 +47,9 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def _reached(consumer: AIOKafkaConsumer, partition: TopicPartition, end: int) -> bool:
+    if end == 0:
+        return True
+    return int(await consumer.position(partition)) >= end

@@ -226,6 +226,23 @@ class Pipeline:
             what=f"mailing {mailing_id} counters == {expected}",
         )
 
+    async def outbox_drained(self, topic: str, timeout: float = 30) -> None:
+        """Wait until the outbox has no row for `topic` left to publish: every record the
+        services wrote for it is in Kafka then (read_topic sees them all)."""
+
+        def unpublished() -> int:
+            rows = self.query(
+                "SELECT count(*) FROM outbox WHERE topic = %s AND published_at IS NULL", topic
+            )
+            return int(rows[0][0])
+
+        await eventually(
+            lambda: asyncio.to_thread(unpublished),
+            lambda count: count == 0,
+            timeout=timeout,
+            what=f"the outbox's {topic} rows published",
+        )
+
     async def clients(self, count: int, **body: Any) -> list[dict[str, Any]]:
         created = []
         for _ in range(count):
