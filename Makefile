@@ -12,8 +12,8 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
-	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
 	@echo "make test-fast  the unit tests alone (tests/unit): no PostgreSQL, no Kafka, under a minute"
+	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
 	@echo "make lint       ruff lint + format check;  make fmt: apply ruff format and fixes"
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
