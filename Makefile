@@ -1,16 +1,18 @@
 # The two commands for a fresh machine:
 #   make dev    the whole service locally (infrastructure, migrations, every service)
 #   make test   lint, type-check and the test suite on real PostgreSQL and Kafka
+# and, for the inner loop, `make test-fast`: the unit tests alone, no infrastructure.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
+	@echo "make test-fast  the unit tests alone (tests/unit): no PostgreSQL, no Kafka, under a minute"
 	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
 	@echo "make lint       ruff lint + format check, import rules;  make fmt: apply ruff format and fixes"
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
@@ -48,6 +50,11 @@ pytest: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The inner loop: tests/unit only (pure logic, the sandbox, CLIs); nothing to start.
+# `make test` runs these too, with tests/integration and tests/e2e.
+test-fast: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 migrate: venv
 	$(BIN)/alembic upgrade head

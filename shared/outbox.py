@@ -283,7 +283,7 @@ class OutboxRelay:
         """Publish until cancelled; back off while Kafka or PostgreSQL is unreachable."""
         # Waits use asyncio.timeout, never asyncio.wait_for: on Python 3.11 wait_for can
         # swallow a cancel that lands as the awaited event fires, and the relay then
-        # ran on after shutdown (tests/test_outbox_cancel.py).
+        # ran on after shutdown (tests/integration/test_outbox_cancel.py).
         while not started.is_set():  # Kafka not reached yet: the backlog still shows
             with contextlib.suppress(Exception):
                 OUTBOX_BACKLOG.labels(self.service).set(await self.backlog())

@@ -1,39 +1,54 @@
-"""Session infrastructure: the real PostgreSQL and the real Kafka broker.
+"""The suite's fixtures and hooks; the helpers live in tests/support.
 
-`make test` starts both (tools/infra.py) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a
-bare `pytest` starts them itself. Tests that need them fail loudly when they are
-missing: nothing here skips.
+Each test is marked by its folder: `unit` (tests/unit: no PostgreSQL, no Kafka; `make
+test-fast`), `integration` (tests/integration: one component on the real PostgreSQL
+and/or Kafka), `e2e` (tests/e2e: the services as processes, the chaos soak).
+
+Session infrastructure: the real PostgreSQL and the real Kafka broker. `make test`
+starts both (tools/infra) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a bare `pytest`
+starts them itself. Tests that need them fail loudly when they are missing: nothing
+here skips.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shared.db import create_engine, create_session_factory
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
+from tests.support.api_helpers import ApiClient
+from tests.support.infra import Infra, make_settings
 from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-    from tests.report_helpers import SmtpServer
-
-REPO = Path(__file__).resolve().parents[1]
+    from tests.support.report_helpers import SmtpServer
 
 
-@dataclass(frozen=True)
-class Infra:
-    database_url: str
-    kafka_bootstrap: str
-    kafka_version: str
-    postgres_version: str
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder; a unit test asking for PostgreSQL/Kafka is an error."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        kind = parts[0] if len(parts) > 1 else None
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(KINDS)}}}/")
+        item.add_marker(getattr(pytest.mark, kind))
+        if kind == "unit" and "infra" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(
+                f"{item.nodeid}: needs PostgreSQL/Kafka (the infra fixture): "
+                "it belongs in tests/integration or tests/e2e"
+            )
 
 
 def pytest_report_header() -> list[str]:
@@ -75,19 +90,6 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             server.stop()
 
 
-def make_settings(infra: Infra, **overrides: object) -> Settings:
-    """Settings for one test: its own topic prefix so tests never read each other's."""
-    values: dict[str, object] = {
-        "database_url": infra.database_url,
-        "kafka_bootstrap": infra.kafka_bootstrap,
-        "kafka_topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
-        "kafka_partitions": 3,
-        "log_file": None,
-    }
-    values.update(overrides)
-    return load_settings(**values)
-
-
 @pytest.fixture
 def settings(infra: Infra) -> Settings:
     return make_settings(infra)
@@ -126,32 +128,10 @@ async def api(infra: Infra) -> AsyncIterator[ApiClient]:
         yield ApiClient(client, settings, app)
 
 
-@dataclass
-class ApiClient:
-    http: Any
-    settings: Settings
-    app: Any
-
-    async def table_counts(self) -> dict[str, int]:
-        engine = create_engine(self.settings, application_name="tests")
-        try:
-            async with engine.connect() as conn:
-                from sqlalchemy import text
-
-                counts = {}
-                for table in ("client", "tag", "client_tag", "mailing", "message", "outbox"):
-                    counts[table] = (
-                        await conn.execute(text(f"SELECT count(*) FROM {table}"))
-                    ).scalar_one()
-                return counts
-        finally:
-            await engine.dispose()
-
-
 @pytest.fixture
 async def no_report_days(sessions: async_sessionmaker[AsyncSession]) -> None:
     """The daily-report tests' days (year 9999) forgotten, so each test starts afresh."""
-    from tests.report_helpers import clear_report_days
+    from tests.support.report_helpers import clear_report_days
 
     await clear_report_days(sessions)
 
@@ -159,7 +139,7 @@ async def no_report_days(sessions: async_sessionmaker[AsyncSession]) -> None:
 @pytest.fixture
 async def smtp() -> AsyncIterator[SmtpServer]:
     """A real SMTP server (aiosmtpd) on a free port, keeping what it receives."""
-    from tests.report_helpers import SmtpServer
+    from tests.support.report_helpers import SmtpServer
 
     server = await SmtpServer(free_port()).start()
     yield server

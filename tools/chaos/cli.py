@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "outage": 30.0,
         "drain_timeout": 600.0,
     },
-    # tests/test_chaos.py: a few minutes, one of each fault
+    # tests/e2e/test_chaos.py: a few minutes, one of each fault
     "quick": {
         "clients": 2000,
         "duration": 150.0,
