@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import replace
-from datetime import UTC, datetime, time, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo
+from datetime import time, timedelta
 
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -29,34 +26,7 @@ from services.dispatcher.gateway import MAX_RETRY_AFTER_S, Outcome, Result, clas
 from services.dispatcher.recorder import OutcomeRecorder
 from shared.models import MessageStatus as S
 from shared.windows import Window
-
-NOW = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
-RULES = Rules(
-    retry_delays_s=(5.0, 30.0, 120.0),
-    provider_timeout_s=10.0,
-    provider_deduplicates=True,
-    lease_margin_s=2.0,
-    max_attempts=5,
-    max_age_s=3600.0,
-)
-NO_DEDUP = replace(RULES, provider_deduplicates=False)
-
-
-def message(**changes: Any) -> Claimed:
-    base = Claimed(
-        message_id=1,
-        mailing_id=2,
-        client_id=3,
-        attempt=1,
-        previous="queued",
-        text="hi",
-        stop_at=NOW + timedelta(days=1),
-        window=None,
-        phone="79001234567",
-        zone=ZoneInfo("UTC"),
-        due_at=NOW - timedelta(minutes=1),
-    )
-    return replace(base, **changes)
+from tests.support.dispatcher import NO_DEDUP, NOW, RULES, message
 
 
 def brief(decision: Decision) -> tuple[S, int, bool, float | None]:

@@ -1,13 +1,13 @@
 """The dispatcher's decision rules (`services/dispatcher/decisions.py`), table by table,
 with their reasons: what `too_late`, `retry` and `decide` return at each boundary, the
 fallback of `on_error`, and the rules read from the settings. (The gateway answers and
-the recorder are in tests/test_dispatcher_decisions.py.)"""
+the recorder are in tests/unit/test_dispatcher_decisions.py.)"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -27,34 +27,9 @@ from services.dispatcher.gateway import MAX_RETRY_AFTER_S, Outcome, Result
 from shared.models import MessageStatus as S
 from shared.statuses import STOP_REACHED
 from shared.windows import NO_ALLOWED_TIME_BEFORE_STOP, Window
+from tests.support.dispatcher import NO_DEDUP, NOW, RULES, message
 
-NOW = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
-RULES = Rules(
-    retry_delays_s=(5.0, 30.0, 120.0),
-    provider_timeout_s=10.0,
-    provider_deduplicates=True,
-    lease_margin_s=2.0,
-    max_attempts=5,
-    max_age_s=3600.0,
-)
 OUTSIDE = "outside the client's window"
-
-
-def message(**changes: Any) -> Claimed:
-    base = Claimed(
-        message_id=1,
-        mailing_id=2,
-        client_id=3,
-        attempt=1,
-        previous="queued",
-        text="hi",
-        stop_at=NOW + timedelta(days=1),
-        window=None,
-        phone="79001234567",
-        zone=ZoneInfo("UTC"),
-        due_at=NOW - timedelta(minutes=1),
-    )
-    return replace(base, **changes)
 
 
 def at(hours: float) -> datetime:
@@ -249,8 +224,6 @@ def test_retry(claimed: Claimed, at_least: float, escalate: bool, expected: Deci
 
 
 # --- decide: the reasons -----------------------------------------------------------------
-
-NO_DEDUP = replace(RULES, provider_deduplicates=False)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
+    from tools.infra.process import ServerProcess
+
 log = logging.getLogger("tools.infra")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +32,20 @@ EXIT_INFRA_FAILED = 69
 
 
 class Managed:
-    """A server used as a context manager: started on entry, stopped on exit."""
+    """A server used as a context manager: started on entry, stopped on exit.
+
+    Subclasses keep their running process (if any) in `_process`.
+    """
+
+    _process: ServerProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.alive else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.alive
 
     def start(self) -> None:
         raise NotImplementedError
@@ -138,13 +153,9 @@ def package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def make_traversable(path: Path, uid: int, gid: int) -> None:
-    """Let user uid/gid reach ``path``: add the search bit (o+x only) where it is missing.
-
-    Needed when we are root and PostgreSQL runs as another user inside a directory tree
-    that root created with mode 0700 (pytest's tmp_path, mkdtemp). Nothing becomes
-    readable or writable for others: only traversal is granted.
-    """
+def untraversable(path: Path, uid: int, gid: int) -> list[Path]:
+    """The existing directories on the way to ``path`` that user uid/gid cannot traverse."""
+    blocked = []
     for directory in [path, *path.parents]:
         try:
             st = directory.stat()
@@ -157,8 +168,20 @@ def make_traversable(path: Path, uid: int, gid: int) -> None:
         else:
             ok = bool(st.st_mode & stat.S_IXOTH)
         if not ok:
-            log.info("chmod o+x %s (so the server's user can traverse it)", directory)
-            directory.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+            blocked.append(directory)
+    return blocked
+
+
+def make_traversable(path: Path, uid: int, gid: int) -> None:
+    """Let user uid/gid reach ``path``: add the search bit (o+x only) where it is missing.
+
+    Needed when we are root and a server runs as another user inside a directory tree
+    that root created with mode 0700 (mkdtemp). Nothing becomes readable or writable for
+    others: only traversal is granted.
+    """
+    for directory in untraversable(path, uid, gid):
+        log.info("chmod o+x %s (so the server's user can traverse it)", directory)
+        directory.chmod(stat.S_IMODE(directory.stat().st_mode) | stat.S_IXOTH)
 
 
 def fetch_once(home: Path, result: Path, marker: Path, download: Callable[[], str]) -> Path:

@@ -172,14 +172,6 @@ class KafkaServer(Managed):
         return f"Apache Kafka {version} (KRaft, JVM{' ' + self._detail if self._detail else ''})"
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None and self._process.alive else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.alive
-
-    @property
     def log_path(self) -> Path:
         return self.workdir / ("tansu.log" if self.embedded else "kafka.log")
 

