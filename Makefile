@@ -29,7 +29,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The AsyncAPI renderer every /asyncapi page serves (npm tarball, fetched once and cached).
+ASYNCAPI_ASSETS := shared/static/asyncapi/VERSION
+$(ASYNCAPI_ASSETS): tools/web_assets.py $(STAMP)
+	$(BIN)/python -m tools.web_assets
+
+venv: $(STAMP) $(ASYNCAPI_ASSETS)
 
 dev: venv
 	$(BIN)/python -m tools.dev
