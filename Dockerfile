@@ -35,7 +35,8 @@ COPY README.md alembic.ini ./
 COPY shared ./shared
 COPY services ./services
 COPY tools ./tools
-RUN python -m tools.web_assets \
+RUN NOTIFICATIONS_CACHE=/tmp/assets-cache python -m tools.web_assets \
+    && rm -rf /tmp/assets-cache \
     && pip install --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info
 
