@@ -35,7 +35,8 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_this_checkout_has_the_pinned_renderer() -> None:
     """`make venv` unpacked it (the pages need it; tests/unit/test_docs_pages.py)."""
-    assert web_assets.is_installed(docs_pages.ASYNCAPI_ASSETS)
+    hint = "not installed: `make venv` or `python -m tools.web_assets`"
+    assert web_assets.is_installed(docs_pages.ASYNCAPI_ASSETS), hint
     assert not docs_pages.asyncapi_assets_missing()
 
 
