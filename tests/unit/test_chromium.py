@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ def test_as_root_it_installs_debians_package(
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(
-        chromium.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
+        shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None
     )
     monkeypatch.setenv("NOTIFICATIONS_CACHE", str(tmp_path / "cache"))
     installed = tmp_path / "installed" / "chromium"
