@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml
 ASYNCAPI_ASSETS := shared/static/asyncapi/VERSION
 $(ASYNCAPI_ASSETS): tools/web_assets.py $(STAMP)
 	$(BIN)/python -m tools.web_assets
+	touch $@
 
 venv: $(STAMP) $(ASYNCAPI_ASSETS)
 
