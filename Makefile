@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway bench-bulk bench-preview replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -69,6 +69,12 @@ clean:
 MESSAGES ?= 100000
 bench-api: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_api --messages $(MESSAGES)
+
+# Latency of the audience preview and the forecast over CLIENTS clients (default
+# 1000000, loaded with COPY), with the old per-client forecast side by side.
+CLIENTS ?= 1000000
+bench-preview: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_preview --clients $(CLIENTS)
 
 # The scheduler's memory and time for an edit and the expiry of a mailing of BULK
 # messages (default 1000000).

@@ -16,6 +16,7 @@ from services.api.schemas import (
     MailingIn,
     MailingOut,
     MessageOut,
+    Preview,
 )
 from shared.auth import require_token
 
@@ -49,6 +50,16 @@ StatusFilter = Literal[
 async def create_mailing(body: MailingIn, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
         return await mailings.create_mailing(session, unit.topics, body)
+
+
+@router.post(
+    "/preview/",
+    summary="Audience and send-time histogram of a mailing body, without creating it",
+)
+async def preview(body: MailingIn, unit: UnitDep) -> Preview:
+    """The same body and validation as creating; nothing is written or published."""
+    async with unit.read() as session:
+        return await mailings.preview(session, body)
 
 
 @router.get("/", summary="List mailings with their message counts")
