@@ -27,8 +27,11 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
+from services.api.outlook import preview_queries
+from shared.audience import Audience
 from shared.windows import Window, plan
 from tools.infra import free_port
 
@@ -169,6 +172,23 @@ def old_forecast(database_url: str, body: dict[str, Any]) -> None:
             hours[hour] = hours.get(hour, 0) + 1
 
 
+def explain(database_url: str, body: dict[str, Any]) -> None:
+    """EXPLAIN ANALYZE of the preview's aggregates for `body`: the plans and times."""
+    with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
+        tag_ids = None
+        if body.get("tag"):
+            tag_ids = [
+                int(row[0])
+                for row in conn.execute("SELECT id FROM tag WHERE name = ANY(%s)", (body["tag"],))
+            ]
+        audience = Audience(tag_ids=tag_ids, codes=list(body.get("mobile_code", [])))
+        for query in preview_queries(audience):
+            dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+            sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+            plan_lines = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").fetchall()
+            print("   " + "\n   ".join(str(row[0]) for row in plan_lines))
+
+
 def wait_healthy(client: httpx.Client) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -186,6 +206,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--old-requests", type=int, default=3, help="0: skip the old forecast")
+    parser.add_argument("--explain", action="store_true", help="print the preview's SQL plans")
     args = parser.parse_args()
     database_url = os.environ["DATABASE_URL"]
     load(database_url, args.clients)
@@ -223,6 +244,8 @@ def main() -> int:
                     args.requests,
                 )
                 print(line("POST /api/v1/notifications/preview/", samples))
+                if args.explain:
+                    explain(database_url, body)
                 created = client.post("/api/v1/notifications/", json=body)
                 created.raise_for_status()
                 path = f"/api/v1/notifications/{created.json()['id']}/forecast/?limit=100"

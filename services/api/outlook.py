@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, TypeVarTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.orm import aliased
 
 from services.api.schemas import ForecastItem, MailingIn, Preview, format_utc
-from shared.audience import audience_condition, resolve_audience
+from shared.audience import Audience, audience_condition, resolve_audience
 from shared.models import PENDING_STATUSES, Client, ClientTag, Mailing, MailingState, Message, Tag
 from shared.windows import Window, plan
 
@@ -132,31 +133,41 @@ async def forecast(
     return outlook.audience, items, outlook.by_hour
 
 
+def preview_queries(
+    audience: Audience,
+) -> tuple[Select[str, int, int], Select[str, int]]:
+    """The preview's two aggregates: the audience per (zone, operator code), and per tag
+    its clients carry. Each is one pass over the clients (and their tags)."""
+    condition = audience.condition()
+    by_zone_and_code = (
+        select(Client.timezone, Client.operator_code, func.count())
+        .where(condition)
+        .group_by(Client.timezone, Client.operator_code)
+    )
+    # Aliased: the audience's tag filter reads client_tag on its own.
+    carried = aliased(ClientTag)
+    by_tag = (
+        select(Tag.name, func.count())
+        .select_from(carried)
+        .join(Tag, Tag.id == carried.tag_id)
+        .join(Client, Client.id == carried.client_id)
+        .where(condition)
+        .group_by(Tag.name)
+    )
+    return by_zone_and_code, by_tag
+
+
 async def preview(session: AsyncSession, body: MailingIn, now: datetime | None = None) -> Preview:
     """The audience of a mailing body and when it would go out, as if created now."""
     now = now or datetime.now(UTC)
     audience = await resolve_audience(session, body.tag, body.mobile_code)
-    condition = audience.condition()
-    rows = (
-        await session.execute(
-            select(Client.timezone, Client.operator_code, func.count())
-            .where(condition)
-            .group_by(Client.timezone, Client.operator_code)
-        )
-    ).all()
+    by_zone_and_code, by_tag = preview_queries(audience)
     by_zone: Counter[str] = Counter()
     by_code: Counter[int] = Counter()
-    for zone, code, count in rows:
+    for zone, code, count in await session.execute(by_zone_and_code):
         by_zone[zone] += count
         by_code[code] += count
-    tags = await session.execute(
-        select(Tag.name, func.count())
-        .select_from(ClientTag)
-        .join(Tag, Tag.id == ClientTag.tag_id)
-        .join(Client, Client.id == ClientTag.client_id)
-        .where(condition)
-        .group_by(Tag.name)
-    )
+    tags = {name: int(count) for name, count in await session.execute(by_tag)}
     schedule = Schedule(
         body.date_time_start,
         body.date_time_stop,
@@ -167,7 +178,7 @@ async def preview(session: AsyncSession, body: MailingIn, now: datetime | None =
     return Preview(
         audience=outlook.audience,
         by_operator_code={str(code): by_code[code] for code in sorted(by_code)},
-        by_tag=dict(sorted((name, int(count)) for name, count in tags)),
+        by_tag=dict(sorted(tags.items())),
         by_timezone=dict(sorted(by_zone.items())),
         by_hour=outlook.by_hour,
         first_send_at=outlook.first_send_at,
