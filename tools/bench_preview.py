@@ -30,7 +30,7 @@ import psycopg
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
-from services.api.outlook import preview_queries
+from services.api.outlook import PREVIEW_WORK_MEM, preview_queries
 from shared.audience import Audience
 from shared.windows import Window, plan
 from tools.infra import free_port
@@ -181,6 +181,7 @@ def explain(database_url: str, body: dict[str, Any]) -> None:
                 int(row[0])
                 for row in conn.execute("SELECT id FROM tag WHERE name = ANY(%s)", (body["tag"],))
             ]
+        conn.execute(f"SET work_mem = '{PREVIEW_WORK_MEM}'")
         audience = Audience(tag_ids=tag_ids, codes=list(body.get("mobile_code", [])))
         for query in preview_queries(audience):
             dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
