@@ -285,3 +285,10 @@ async def test_preview_creates_and_publishes_nothing(api: ApiClient) -> None:
         await api.http.post(PREVIEW, json=body)
     assert await api.table_counts() == before
     assert await _last_outbox_id(api) == last_event
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+async def test_other_methods_on_preview_are_405(api: ApiClient, method: str) -> None:
+    response = await api.http.request(method, PREVIEW, json=VALID)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"

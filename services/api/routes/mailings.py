@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 
 from services.api import mailings
 from services.api.buckets import BUCKETS_BY_NAME, Bucket
@@ -60,6 +60,12 @@ async def preview(body: MailingIn, unit: UnitDep) -> Preview:
     """The same body and validation as creating; nothing is written or published."""
     async with unit.read() as session:
         return await mailings.preview(session, body)
+
+
+@router.api_route("/preview/", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def preview_other_methods() -> None:
+    """405, not the 422 of `/{mailing_id}/` reading "preview" as an id."""
+    raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
 
 
 @router.get("/", summary="List mailings with their message counts")
