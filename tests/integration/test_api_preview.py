@@ -287,7 +287,7 @@ async def test_preview_creates_and_publishes_nothing(api: ApiClient) -> None:
     assert await _last_outbox_id(api) == last_event
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"])
 async def test_other_methods_on_preview_are_405(api: ApiClient, method: str) -> None:
     response = await api.http.request(method, PREVIEW, json=VALID)
     assert response.status_code == 405

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from services.api import mailings
 from services.api.buckets import BUCKETS_BY_NAME, Bucket
@@ -62,10 +63,19 @@ async def preview(body: MailingIn, unit: UnitDep) -> Preview:
         return await mailings.preview(session, body)
 
 
-@router.api_route("/preview/", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-async def preview_other_methods() -> None:
-    """405, not the 422 of `/{mailing_id}/` reading "preview" as an id."""
-    raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
+@router.api_route(
+    "/preview/",
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
+async def preview_other_methods() -> Response:
+    """405 naming POST alone: without this route `/{mailing_id}/` would read "preview" as
+    an id (a 422), and the app's 405 handler would list that route's methods too."""
+    return JSONResponse(
+        {"detail": "Method Not Allowed"},
+        status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
+        headers={"Allow": "POST"},
+    )
 
 
 @router.get("/", summary="List mailings with their message counts")
