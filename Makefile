@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The browser tests use Debian's Chromium (tools/chromium.py), never Playwright's download.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -82,6 +82,12 @@ clean:
 MESSAGES ?= 100000
 bench-api: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_api --messages $(MESSAGES)
+
+# Latency of the audience preview and the forecast over CLIENTS clients (default
+# 1000000, loaded with COPY), with the old per-client forecast side by side.
+CLIENTS ?= 1000000
+bench-preview: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_preview --clients $(CLIENTS)
 
 # The scheduler's memory and time for an edit and the expiry of a mailing of BULK
 # messages (default 1000000).

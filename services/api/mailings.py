@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, select
 
+from services.api import outlook
 from services.api.buckets import BUCKET_OF, BUCKETS, UNDELIVERED
 from services.api.errors import NotFound
 from services.api.schemas import (
@@ -16,21 +15,17 @@ from services.api.schemas import (
     MailingIn,
     MailingOut,
     MessageOut,
-    format_utc,
+    Preview,
 )
-from shared.audience import audience_condition
 from shared.events import MailingCreated, MailingData, MailingDeleted, MailingRef, MailingUpdated
 from shared.logging import bind_entities, get_logger
 from shared.models import (
-    PENDING_STATUSES,
-    Client,
     Mailing,
     MailingState,
     MailingStatusCount,
     Message,
 )
 from shared.outbox import add_event
-from shared.windows import Window, plan
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -212,40 +207,13 @@ async def forecast(
     """Planned send time per client, by the scheduler's own window algebra.
 
     Before activation: every client matching the filter now. After: the clients with a
-    pending message. `by_hour` covers all of them, not only the page.
+    pending message. `by_hour` covers all of them, not only the page; it is computed per
+    time zone (services/api/outlook.py), never by loading the clients.
     """
     mailing = await _mailing(session, mailing_id)
-    now = now or datetime.now(UTC)
-    if mailing.state == MailingState.SCHEDULED:
-        query = select(Client.id, Client.timezone).where(
-            audience_condition(mailing.filter_tags, mailing.filter_codes)
-        )
-    else:
-        query = (
-            select(Client.id, Client.timezone)
-            .join(Message, Message.client_id == Client.id)
-            .where(Message.mailing_id == mailing_id, Message.status.in_(PENDING_STATUSES))
-        )
-    rows = (await session.execute(query.order_by(Client.id))).all()
-    window = (
-        Window(mailing.window_start, mailing.window_end)
-        if mailing.window_start is not None and mailing.window_end is not None
-        else None
-    )
-    zones: dict[str, ZoneInfo] = {}
-    by_hour: Counter[str] = Counter()
-    items: list[ForecastItem] = []
-    for position, (client_id, zone_name) in enumerate(rows):
-        zone = zones.get(zone_name) or zones.setdefault(zone_name, ZoneInfo(zone_name))
-        due, reason = plan(mailing.start_at, mailing.stop_at, now, window, zone)
-        if due is not None:
-            by_hour[format_utc(due.replace(minute=0, second=0, microsecond=0))] += 1
-        if offset <= position < offset + limit:
-            items.append(
-                ForecastItem(
-                    client=client_id,
-                    send_at=format_utc(due) if due is not None else None,
-                    reason=reason,
-                )
-            )
-    return len(rows), items, dict(sorted(by_hour.items()))
+    return await outlook.forecast(session, mailing, limit, offset, now or datetime.now(UTC))
+
+
+async def preview(session: AsyncSession, body: MailingIn) -> Preview:
+    """What creating `body` now would reach, and when; creates nothing."""
+    return await outlook.preview(session, body)

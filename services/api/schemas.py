@@ -487,5 +487,39 @@ class Forecast(BaseModel):
     by_hour: dict[str, int] = Field(description="Planned sends per UTC hour, over all clients")
 
 
+class Preview(BaseModel):
+    """Who a mailing body would reach and when, computed without creating anything."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "audience": 3,
+                    "by_operator_code": {"911": 2, "925": 1},
+                    "by_tag": {"simple": 1, "urgent": 3},
+                    "by_timezone": {"Asia/Tokyo": 1, "Europe/Berlin": 2},
+                    "by_hour": {"2031-01-02 00:00:00": 1, "2031-01-02 08:00:00": 1},
+                    "first_send_at": "2031-01-02 00:00:00",
+                    "last_send_at": "2031-01-02 08:00:00",
+                    "unreachable": 1,
+                }
+            ]
+        }
+    )
+
+    audience: int = Field(description="Clients the mailing would reach if created now")
+    by_operator_code: dict[str, int] = Field(description="Audience per operator code")
+    by_tag: dict[str, int] = Field(
+        description="Audience per tag the clients carry (a client counts once per tag)"
+    )
+    by_timezone: dict[str, int] = Field(description="Audience per IANA time zone")
+    by_hour: dict[str, int] = Field(
+        description="Planned sends per UTC hour, as the forecast of the created mailing"
+    )
+    first_send_at: UtcDatetime | None = Field(description="The earliest planned send, or null")
+    last_send_at: UtcDatetime | None = Field(description="The latest planned send, or null")
+    unreachable: int = Field(description="Clients with no allowed local time before date_time_stop")
+
+
 class ErrorOut(BaseModel):
     detail: Any = Field(description="A message, or a list of {field, message} for bad input")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from services.api import mailings
 from services.api.buckets import BUCKETS_BY_NAME, Bucket
@@ -16,6 +17,7 @@ from services.api.schemas import (
     MailingIn,
     MailingOut,
     MessageOut,
+    Preview,
 )
 from shared.auth import require_token
 
@@ -49,6 +51,31 @@ StatusFilter = Literal[
 async def create_mailing(body: MailingIn, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
         return await mailings.create_mailing(session, unit.topics, body)
+
+
+@router.post(
+    "/preview/",
+    summary="Audience and send-time histogram of a mailing body, without creating it",
+)
+async def preview(body: MailingIn, unit: UnitDep) -> Preview:
+    """The same body and validation as creating; nothing is written or published."""
+    async with unit.read() as session:
+        return await mailings.preview(session, body)
+
+
+@router.api_route(
+    "/preview/",
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
+async def preview_other_methods() -> Response:
+    """405 naming POST alone: without this route `/{mailing_id}/` would read "preview" as
+    an id (a 422), and the app's 405 handler would list that route's methods too."""
+    return JSONResponse(
+        {"detail": "Method Not Allowed"},
+        status_code=status.HTTP_405_METHOD_NOT_ALLOWED,
+        headers={"Allow": "POST"},
+    )
 
 
 @router.get("/", summary="List mailings with their message counts")
