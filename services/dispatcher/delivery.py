@@ -146,6 +146,19 @@ DROP_EXCLUDED = text(
     """  # noqa: S608
 )
 
+# First in the claim's transaction: the batch's mailings are held (`FOR SHARE`) until it
+# commits, so a pause, resume or cancel (the API locks the row `FOR UPDATE`) lands
+# before or after the whole claim, never between HALT and CLAIM (each statement reads
+# the rows anew): a command is then either claimed or given back, never left `queued`.
+HOLD_MAILINGS = text(
+    """
+    SELECT g.id FROM mailing AS g
+    WHERE g.id IN (SELECT m.mailing_id FROM message AS m WHERE m.id = ANY(CAST(:ids AS bigint[])))
+    ORDER BY g.id
+    FOR SHARE OF g
+    """
+)
+
 # Before the claim: a command of a mailing an operator paused is given back (`scheduled`
 # again, its due time kept: the scheduler fires it after the resume, at once if still
 # in the window) with no request and no attempt counted; one of a cancelled mailing is
@@ -269,6 +282,7 @@ class Delivery:
         # transaction, which is no earlier than this: the end seen here is never late.
         lease_ends = time.monotonic() + lease
         async with self.sessions() as session, session.begin():
+            await session.execute(HOLD_MAILINGS, {"ids": list(by_id)})
             dropped = (
                 await session.execute(
                     DROP_EXCLUDED, {"ids": list(by_id), "reason": NO_LONGER_MATCHES}

@@ -26,10 +26,10 @@ if TYPE_CHECKING:
     from tests.support.infra import Infra
 
 URL = "/api/v1/notifications/"
-AUDIENCE = 200
+AUDIENCE = 300
 IN_FLIGHT = {"queued", "sending", "retrying"}
-# Small claims at 40 requests a second: the mailing runs for about five seconds.
-ENV = {"DISPATCHER_BATCH_SIZE": "5", "PROVIDER_RATE_LIMIT": "40"}
+# Small claims at 20 requests a second: the mailing runs for about fifteen seconds.
+ENV = {"DISPATCHER_BATCH_SIZE": "5", "PROVIDER_RATE_LIMIT": "20"}
 
 
 def fmt(moment: datetime) -> str:

@@ -44,3 +44,40 @@ def test_impossible_transitions_are_conflicts_naming_why(action: str, state: S, 
         next_state(action, state, activated=True)  # type: ignore[arg-type]
     assert says in str(raised.value)
     assert raised.value.field == "state"
+
+
+def test_the_daily_report_shows_a_paused_or_cancelled_state() -> None:
+    from dataclasses import replace
+    from datetime import UTC, date, datetime, timedelta
+
+    from services.reporter.render import render_html, render_text
+    from services.reporter.report import STATUSES, MailingReport, Report
+    from tests.support.report_helpers import SCHEDULE
+
+    now = datetime(2031, 1, 2, 7, tzinfo=UTC)
+    paused = MailingReport(
+        id=7,
+        text="Spring sale",
+        state="paused",
+        start_at=now - timedelta(hours=2),
+        stop_at=now + timedelta(hours=5),
+        counts={**dict.fromkeys(STATUSES, 0), "sent": 5, "scheduled": 3},
+        reasons=[],
+        previous=None,
+    )
+    cancelled = replace(paused, id=8, state="cancelled", counts={**paused.counts, "cancelled": 3})
+    report = Report(
+        report_date=date(2031, 1, 2),
+        scheduled=True,
+        generated_at=now,
+        period_start=now - timedelta(hours=24),
+        period_end=now,
+        mailings=[paused, cancelled],
+        previous=None,
+    )
+    text = render_text(report, SCHEDULE)
+    assert "\n  paused, " in text.split("Mailing 7:")[1]
+    assert "\n  cancelled, " in text.split("Mailing 8:")[1]
+    html = render_html(report, SCHEDULE)
+    assert "<p>paused, " in html
+    assert "<p>cancelled, " in html
