@@ -499,8 +499,12 @@ class Forecast(BaseModel):
     by_hour: dict[str, int] = Field(description="Planned sends per UTC hour, over all clients")
 
 
+def _reason(value: str) -> str:
+    return _storable(value, what="reason", multiline=True)
+
+
 class ReplayIn(Strict):
-    reason: str | None = Field(
+    reason: Annotated[str, AfterValidator(_reason)] | None = Field(
         default=None,
         max_length=1000,
         description="Replay only failed messages with exactly this `last_error` "
