@@ -63,6 +63,13 @@ class MailingRef(Payload):
     version: int
 
 
+class MailingStateData(Payload):
+    id: int
+    version: int
+    state: str
+    previous_state: str
+
+
 class _MailingEvent(Envelope[P]):
     def key(self) -> str:
         return str(self.payload.id)  # type: ignore[attr-defined]
@@ -80,8 +87,15 @@ class MailingDeleted(_MailingEvent[MailingRef]):
     type: Literal["mailing.deleted"] = "mailing.deleted"
 
 
+class MailingStateChanged(_MailingEvent[MailingStateData]):
+    """An operator paused, resumed or cancelled the mailing (its content is unchanged)."""
+
+    type: Literal["mailing.state_changed"] = "mailing.state_changed"
+
+
 MailingEvent = Annotated[
-    MailingCreated | MailingUpdated | MailingDeleted, Field(discriminator="type")
+    MailingCreated | MailingUpdated | MailingDeleted | MailingStateChanged,
+    Field(discriminator="type"),
 ]
 
 # --- clients -------------------------------------------------------------------------

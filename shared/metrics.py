@@ -178,6 +178,11 @@ MAILING_STATUS = Gauge(
     "(the one id label: bounded by the number of recent mailings).",
     ["mailing_id", "status"],
 )
+MAILINGS = Gauge(
+    f"{PREFIX}_mailings",
+    "Mailings in each state (scheduled, running, paused, cancelled, finished).",
+    ["state"],
+)
 REPORTER_COUNTER_DRIFT = Gauge(
     f"{PREFIX}_reporter_counter_drift_messages",
     "Drift the last reconciliation found, summed over active mailings: COUNT(*) minus "

@@ -81,6 +81,13 @@ class MailingState(enum.StrEnum):
     SCHEDULED = "scheduled"
     RUNNING = "running"
     FINISHED = "finished"
+    # An operator's: `paused` sends nothing until resumed; `cancelled` never sends again.
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+# Not sending: the scheduler fires none of their messages, the dispatcher claims none.
+HALTED_STATES = (MailingState.PAUSED, MailingState.CANCELLED)
 
 
 def sql_literal(member: enum.StrEnum) -> str:

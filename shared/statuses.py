@@ -41,6 +41,10 @@ STOP_REACHED: Final = "stop time reached"
 # The scheduler's lease recovery writes this when the gateway does not de-duplicate;
 # the dispatcher's outcome writes recognise it (a held outcome may correct the guess).
 LEASE_UNKNOWN: Final = "unknown outcome: lease expired"
+# An operator cancelled the mailing (the scheduler's sweep, the dispatcher's claim).
+MAILING_CANCELLED: Final = "mailing cancelled"
+# An operator paused the mailing: the dispatcher gave the command back unsent.
+MAILING_PAUSED: Final = "mailing paused: not sent, waits for the resume"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,8 +9,9 @@ from sqlalchemy import delete, func, select
 
 from services.api import outlook
 from services.api.buckets import BUCKET_OF, BUCKETS, UNDELIVERED
-from services.api.errors import NotFound
+from services.api.errors import Conflict, NotFound
 from services.api.schemas import (
+    FailureReason,
     ForecastItem,
     MailingIn,
     MailingOut,
@@ -24,6 +25,7 @@ from shared.models import (
     MailingState,
     MailingStatusCount,
     Message,
+    MessageStatus,
 )
 from shared.outbox import add_event
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from shared.topics import Topics
 
 log = get_logger(__name__)
+
+TOP_FAILURE_REASONS = 5
 
 
 def _data(mailing: Mailing) -> MailingData:
@@ -89,6 +93,11 @@ async def _counts(session: AsyncSession, ids: Sequence[int]) -> dict[int, dict[s
     return counts
 
 
+async def lock_mailing(session: AsyncSession, mailing_id: int) -> Mailing:
+    """The mailing row, locked until the transaction ends; 404 if there is none."""
+    return await _mailing(session, mailing_id, lock=True)
+
+
 async def _mailing(session: AsyncSession, mailing_id: int, *, lock: bool = False) -> Mailing:
     query = select(Mailing).where(Mailing.id == mailing_id)
     if lock:
@@ -123,7 +132,25 @@ async def create_mailing(session: AsyncSession, topics: Topics, body: MailingIn)
 
 async def get_mailing(session: AsyncSession, mailing_id: int) -> MailingOut:
     mailing = await _mailing(session, mailing_id)
-    return _out(mailing, (await _counts(session, [mailing_id]))[mailing_id])
+    out = _out(mailing, (await _counts(session, [mailing_id]))[mailing_id])
+    out.failure_reasons = await failure_reasons(session, mailing_id)
+    return out
+
+
+async def failure_reasons(
+    session: AsyncSession, mailing_id: int, top: int = TOP_FAILURE_REASONS
+) -> list[FailureReason]:
+    """The `top` most frequent `last_error`s of the mailing's failed messages (from the
+    (mailing_id, status) index: as cheap as the failures are few)."""
+    n = func.count().label("n")
+    rows = await session.execute(
+        select(func.coalesce(Message.last_error, "(no reason)"), n)
+        .where(Message.mailing_id == mailing_id, Message.status == MessageStatus.FAILED)
+        .group_by(Message.last_error)
+        .order_by(n.desc(), Message.last_error)
+        .limit(top)
+    )
+    return [FailureReason(reason=reason, count=count) for reason, count in rows]
 
 
 async def list_mailings(
@@ -143,6 +170,8 @@ async def replace_mailing(
     """A new version; the scheduler re-plans pending messages (docs/architecture.md, rule 6)."""
     mailing = await _mailing(session, mailing_id, lock=True)
     bind_entities(mailing_id=mailing_id)
+    if mailing.state == MailingState.CANCELLED:
+        raise Conflict("state", "a cancelled mailing cannot be edited: it never sends again")
     _apply(mailing, body)
     mailing.version += 1
     mailing.updated_at = func.now()

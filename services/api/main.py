@@ -8,7 +8,7 @@ from starlette.middleware import Middleware
 
 from services.api import errors
 from services.api.body_limit import BodyLimitMiddleware
-from services.api.routes import clients, mailings
+from services.api.routes import clients, control, mailings
 from shared.asyncapi import Published
 from shared.logging import get_logger
 from shared.service import create_service_app
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings,
         title="Notifications: admin API",
         description=DESCRIPTION,
-        routers=[clients.router, mailings.router],
+        routers=[clients.router, mailings.router, control.router],
         publishes=[Published.MAILING_EVENTS, Published.CLIENT_EVENTS, Published.STATUS_EVENTS],
         wire=wire,
         openapi_tags=TAGS,

@@ -380,6 +380,11 @@ class MailingIn(Strict):
         return self
 
 
+class FailureReason(BaseModel):
+    reason: str = Field(description="The message's last error, as in its `last_error`")
+    count: int
+
+
 class MailingOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -416,8 +421,15 @@ class MailingOut(BaseModel):
     messages_by_status: dict[str, int] = Field(
         description="Detailed counts by internal status (only non-zero ones)"
     )
-    state: str = Field(description="scheduled, running or finished")
+    state: str = Field(
+        description="scheduled, running, finished, or paused / cancelled by an operator"
+    )
     version: int = Field(description="Bumped by each update")
+    failure_reasons: list[FailureReason] = Field(
+        default=[],
+        description="The most frequent reasons of its failed messages, most frequent first "
+        "(reading one mailing; empty in the list)",
+    )
 
 
 class MessageOut(BaseModel):
@@ -519,6 +531,23 @@ class Preview(BaseModel):
     first_send_at: UtcDatetime | None = Field(description="The earliest planned send, or null")
     last_send_at: UtcDatetime | None = Field(description="The latest planned send, or null")
     unreachable: int = Field(description="Clients with no allowed local time before date_time_stop")
+
+
+def _reason(value: str) -> str:
+    return _storable(value, what="reason", multiline=True)
+
+
+class ReplayIn(Strict):
+    reason: Annotated[str, AfterValidator(_reason)] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Replay only failed messages with exactly this `last_error` "
+        "(as listed in the mailing's `failure_reasons`); all failed ones when absent",
+    )
+
+
+class Replayed(BaseModel):
+    replayed: int = Field(description="Failed messages put back to `scheduled`, due now")
 
 
 class ErrorOut(BaseModel):

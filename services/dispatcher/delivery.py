@@ -3,7 +3,9 @@
 1. Claim: one compare-and-set `UPDATE ... WHERE status IN ('queued','retrying')` moves the
    batch's messages to `sending`, bumps `attempts` (the fencing token) and sets a lease.
    A command for a message that is not claimable (already sent, in flight elsewhere,
-   deleted, cancelled) does nothing: redeliveries are harmless. (The scheduler publishes
+   deleted, cancelled) does nothing: redeliveries are harmless. A command of a mailing
+   an operator paused is given back unsent (`scheduled` again, no attempt counted);
+   one of a cancelled mailing is cancelled (`HALT`). (The scheduler publishes
    a command only after the message is committed as `queued`.)
 2. Send: right before each request, the stop time and the client's window are checked
    again, and the lease: a request starts only if its total deadline ends before the
@@ -58,10 +60,25 @@ from shared.metrics import (
     MESSAGE_TRANSITIONS,
     RETRIES,
 )
-from shared.models import PENDING_STATUSES, WAITING_FOR_DISPATCH, MessageStatus, sql_in, sql_literal
+from shared.models import (
+    HALTED_STATES,
+    PENDING_STATUSES,
+    WAITING_FOR_DISPATCH,
+    MailingState,
+    MessageStatus,
+    sql_in,
+    sql_literal,
+)
 from shared.models import MessageStatus as S
 from shared.outbox import add_events
-from shared.statuses import LEASE_UNKNOWN, StatusChange, changes_of, stage_status_events
+from shared.statuses import (
+    LEASE_UNKNOWN,
+    MAILING_CANCELLED,
+    MAILING_PAUSED,
+    StatusChange,
+    changes_of,
+    stage_status_events,
+)
 from shared.windows import Window
 
 if TYPE_CHECKING:
@@ -99,6 +116,7 @@ CLAIM = text(
       -- in flight while it was) goes out only to a client the mailing still reaches;
       -- text, window and stop time are the mailing's current ones (below).
       AND (m.mailing_version = g.version OR ({REACHES_SQL}))
+      AND NOT {sql_in("g.state", HALTED_STATES)}
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous,
               g.text, g.stop_at, g.window_start, g.window_end, c.phone, c.timezone, m.due_at
     """  # noqa: S608
@@ -125,6 +143,46 @@ DROP_EXCLUDED = text(
     FROM target
     WHERE m.id = target.id
     RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous
+    """  # noqa: S608
+)
+
+# First in the claim's transaction: the batch's mailings are held (`FOR SHARE`) until it
+# commits, so a pause, resume or cancel (the API locks the row `FOR UPDATE`) lands
+# before or after the whole claim, never between HALT and CLAIM (each statement reads
+# the rows anew): a command is then either claimed or given back, never left `queued`.
+HOLD_MAILINGS = text(
+    """
+    SELECT g.id FROM mailing AS g
+    WHERE g.id IN (SELECT m.mailing_id FROM message AS m WHERE m.id = ANY(CAST(:ids AS bigint[])))
+    ORDER BY g.id
+    FOR SHARE OF g
+    """
+)
+
+# Before the claim: a command of a mailing an operator paused is given back (`scheduled`
+# again, its due time kept: the scheduler fires it after the resume, at once if still
+# in the window) with no request and no attempt counted; one of a cancelled mailing is
+# cancelled, as the scheduler's sweep does.
+HALT = text(
+    f"""
+    WITH target AS (
+        SELECT m.id, m.status AS previous, g.state
+        FROM message AS m
+        JOIN mailing AS g ON g.id = m.mailing_id
+        WHERE m.id = ANY(CAST(:ids AS bigint[])) AND {sql_in("m.status", WAITING_FOR_DISPATCH)}
+          AND {sql_in("g.state", HALTED_STATES)}
+        ORDER BY m.id
+        FOR UPDATE OF m SKIP LOCKED
+    )
+    UPDATE message AS m
+    SET status = CASE WHEN target.state = {sql_literal(MailingState.PAUSED)}
+                      THEN {sql_literal(S.SCHEDULED)} ELSE {sql_literal(S.CANCELLED)} END,
+        last_error = CASE WHEN target.state = {sql_literal(MailingState.PAUSED)}
+                          THEN :paused ELSE :cancelled END,
+        retry_at = NULL, lease_until = NULL, updated_at = now()
+    FROM target
+    WHERE m.id = target.id
+    RETURNING m.id, m.mailing_id, m.client_id, m.attempts, target.previous, m.status
     """  # noqa: S608
 )
 
@@ -224,6 +282,7 @@ class Delivery:
         # transaction, which is no earlier than this: the end seen here is never late.
         lease_ends = time.monotonic() + lease
         async with self.sessions() as session, session.begin():
+            await session.execute(HOLD_MAILINGS, {"ids": list(by_id)})
             dropped = (
                 await session.execute(
                     DROP_EXCLUDED, {"ids": list(by_id), "reason": NO_LONGER_MATCHES}
@@ -236,6 +295,23 @@ class Delivery:
                 MessageStatus.CANCELLED,
                 error=NO_LONGER_MATCHES,
             )
+            halted = (
+                await session.execute(
+                    HALT,
+                    {"ids": list(by_id), "paused": MAILING_PAUSED, "cancelled": MAILING_CANCELLED},
+                )
+            ).all()
+            for status, reason in (
+                (MessageStatus.SCHEDULED, MAILING_PAUSED),
+                (MessageStatus.CANCELLED, MAILING_CANCELLED),
+            ):
+                await stage_status_events(
+                    session,
+                    self.topics,
+                    changes_of(row for row in halted if row.status == status),
+                    status,
+                    error=reason,
+                )
             rows = (await session.execute(CLAIM, {"ids": list(by_id), "lease": lease})).all()
             await stage_status_events(session, self.topics, changes_of(rows), MessageStatus.SENDING)
         MESSAGE_TRANSITIONS.labels("dispatcher", "sending").inc(len(rows))

@@ -4,7 +4,8 @@ Reads `message.send.dlq` with its own consumer group (so each record is replayed
 `--from-beginning` re-reads everything) and puts every message that is still `failed`
 back to `scheduled`, due now (a compare-and-set, with its status event), so it goes
 through the normal path again: window, stop time, claim, retries. Messages that changed
-since (sent, deleted, mailing past its stop time) are left alone and counted.
+since (sent, deleted, mailing past its stop time or cancelled) are left alone and
+counted. The rule is `shared.replay`, shared with the API's replay endpoint.
 
 Options: `--mailing ID` (only that mailing's records), `--dry-run` (count, change
 nothing, commit no offset), `--from-beginning`, `--idle-s` (stop after this long with
@@ -20,17 +21,17 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
-from sqlalchemy import BigInteger, any_, bindparam, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from shared.db import create_engine, create_session_factory
 from shared.events import SendMessage
 from shared.kafka import create_broker, topics_from
 from shared.logging import configure_logging, get_logger
-from shared.models import Mailing, Message, MessageStatus
+from shared.models import Message
 from shared.outbox import OutboxRelay
+from shared.replay import FROM_DLQ, replay_failed
 from shared.settings import load_settings
-from shared.statuses import transition_where
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -101,30 +102,11 @@ async def replay(
 async def requeue_failed(
     sessions: async_sessionmaker[AsyncSession], topics: Topics, ids: Collection[int]
 ) -> int:
-    """Put the messages of `ids` that are still `failed` (mailing not past its stop time)
-    back to `scheduled`, due now; return how many.
-
-    The ids travel as one array parameter (`= ANY(:ids)`), never as an `IN` list of one
-    parameter each: PostgreSQL takes at most 65,535 parameters in a statement.
-    """
+    """Replay the messages of `ids` by the shared rule (`shared.replay`); return how
+    many. The ids travel as one array parameter (`= ANY(:ids)`)."""
     chosen = any_(bindparam("replay_ids", sorted(ids), type_=ARRAY(BigInteger)))
     async with sessions() as session, session.begin():
-        replayed = await transition_where(
-            session,
-            topics,
-            (Message.id == chosen)
-            & (Message.status == MessageStatus.FAILED)
-            & Message.mailing_id.in_(select(Mailing.id).where(Mailing.stop_at > func.now())),
-            MessageStatus.SCHEDULED,
-            error="replayed from the dead-letter topic",
-        )
-        # Due now: the scheduler fires them on its next tick.
-        await session.execute(
-            update(Message)
-            .where(Message.id == chosen, Message.status == MessageStatus.SCHEDULED)
-            .values(due_at=func.now())
-        )
-    return replayed
+        return await replay_failed(session, topics, Message.id == chosen, error=FROM_DLQ)
 
 
 def main() -> None:

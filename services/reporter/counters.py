@@ -28,8 +28,8 @@ from shared.events import (
     StatusEvent,
 )
 from shared.logging import get_logger
-from shared.metrics import MAILING_STATUS, REPORTER_STATUS
-from shared.models import Mailing, MailingStatusCount, MessageStatus
+from shared.metrics import MAILING_STATUS, MAILINGS, REPORTER_STATUS
+from shared.models import Mailing, MailingState, MailingStatusCount, MessageStatus
 
 if TYPE_CHECKING:
     import uuid
@@ -160,8 +160,16 @@ class Counters:
         )
 
     async def refresh_gauges(self, now: datetime) -> None:
-        """Export the counters: totals by status, and per mailing for recent mailings."""
+        """Export the counters: totals by status, and per mailing for recent mailings;
+        and how many mailings are in each state."""
         async with self.sessions() as session:
+            states = dict(
+                (
+                    await session.execute(
+                        select(Mailing.state, func.count()).group_by(Mailing.state)
+                    )
+                ).all()
+            )
             totals = dict(
                 (
                     await session.execute(
@@ -184,6 +192,8 @@ class Counters:
             ).all()
         for status in MessageStatus:
             REPORTER_STATUS.labels(status.value).set(int(totals.get(status.value, 0)))
+        for state in MailingState:
+            MAILINGS.labels(state.value).set(int(states.get(state.value, 0)))
         MAILING_STATUS.clear()
         for mailing_id, name, count in recent:
             MAILING_STATUS.labels(str(mailing_id), name).set(count)

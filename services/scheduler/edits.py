@@ -30,8 +30,10 @@ async def apply_edit(work: Work, mailing_id: int) -> None:
         work.sessions() as session,
     ):
         mailing = await session.get(Mailing, mailing_id)
-        if mailing is None or mailing.state == MailingState.SCHEDULED:
-            return  # deleted, or not active yet: activation uses the new version
+        if mailing is None or mailing.state in (MailingState.SCHEDULED, MailingState.CANCELLED):
+            # Deleted, or not active yet (activation uses the new version), or
+            # cancelled (never sends again; the API refuses its edits).
+            return
         bind_entities(mailing_id=mailing_id)
         moment = now()
         if mailing.state == MailingState.FINISHED and moment < mailing.stop_at:

@@ -74,7 +74,11 @@ async def expire_past_stop(work: Work) -> int:
                     work.on_commit()
         await session.execute(
             update(Mailing)
-            .where(Mailing.stop_at <= func.now(), Mailing.state != MailingState.FINISHED)
+            .where(
+                Mailing.stop_at <= func.now(),
+                # A paused mailing finishes at its stop time too; a cancelled one stays so.
+                Mailing.state.not_in([MailingState.FINISHED, MailingState.CANCELLED]),
+            )
             .values(state=MailingState.FINISHED, updated_at=func.now())
         )
         await session.commit()

@@ -18,7 +18,7 @@ from services.scheduler.commands import publish_send_commands
 from services.scheduler.work import Work, claim
 from shared.logging import get_logger
 from shared.metrics import MESSAGES_FIRED
-from shared.models import Message, MessageStatus
+from shared.models import HALTED_STATES, Mailing, Message, MessageStatus
 from shared.statuses import changes_of, stage_status_events, transition_where
 
 if TYPE_CHECKING:
@@ -32,7 +32,14 @@ async def fire_due(work: Work) -> int:
     async with work.sessions() as session, session.begin():
         due = (
             select(Message.id)
-            .where(Message.status == MessageStatus.SCHEDULED, Message.due_at <= func.now())
+            .where(
+                Message.status == MessageStatus.SCHEDULED,
+                Message.due_at <= func.now(),
+                # Paused or cancelled by an operator: none of its messages is fired.
+                Message.mailing_id.not_in(
+                    select(Mailing.id).where(Mailing.state.in_(HALTED_STATES))
+                ),
+            )
             .order_by(Message.due_at)
             .limit(work.settings.scheduler_batch_size)
             .with_for_update(skip_locked=True)

@@ -19,6 +19,7 @@ from shared.events import (
     ClientUpdated,
     MailingCreated,
     MailingDeleted,
+    MailingStateChanged,
     MailingUpdated,
     client_event_adapter,
     mailing_event_adapter,
@@ -50,7 +51,8 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="scheduler: mailing events",
-        description="Activates started mailings at once; re-plans edited ones.",
+        description="Activates started mailings at once; re-plans edited ones; cancels the "
+        "pending messages of cancelled ones.",
     )
     @health.guard(mailings_group, topics.mailing_events)
     async def on_mailing_event(body: MailingEventRecord, message: KafkaMessage) -> None:
@@ -65,6 +67,11 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
             scheduler.wake()  # the poller activates it when its start has come
         elif isinstance(event, MailingUpdated):
             await scheduler.apply_edit(event.payload.id)
+        elif isinstance(event, MailingStateChanged):
+            # The row is the truth: a cancel (now or earlier) cancels what still waits;
+            # a resume wakes the loop to fire what fell due meanwhile.
+            await scheduler.cancel_pending(event.payload.id)
+            scheduler.wake()
         elif isinstance(event, MailingDeleted):
             log.info("mailing_deleted_seen")  # its rows are gone with it
         EVENTS_CONSUMED.labels("scheduler", topics.mailing_events, "ok").inc()

@@ -14,6 +14,9 @@ Each responsibility has a module of its own; `Scheduler` holds what they work wi
   messages;
 - expiry (`expiry.py`): pending messages of mailings past their stop time, by
   message-id ranges, one transaction and one aggregated status event per range;
+- cancellation (`cancellation.py`): waiting messages of a mailing an operator
+  cancelled become `cancelled`, by message-id ranges as expiry does (a paused or
+  cancelled mailing's messages are never fired: `firing.py`);
 - lease recovery (`leases.py`): messages stuck in `sending` past their lease go back to
   `scheduled` and are fired again with the same message id (the gateway de-duplicates
   by it), or become `failed` with a DLQ record when it does not;
@@ -34,7 +37,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from services.scheduler import activation, edits, expiry, firing, leases
+from services.scheduler import activation, cancellation, edits, expiry, firing, leases
 from services.scheduler.work import Work
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_BACKLOG
@@ -125,6 +128,10 @@ class Scheduler:
         """Expire pending messages of mailings past their stop time; return how many."""
         return await expiry.expire_past_stop(self.work)
 
+    async def cancel_pending(self, mailing_id: int | None = None) -> int:
+        """Cancel the waiting messages of cancelled mailings; return how many."""
+        return await cancellation.cancel_pending(self.work, mailing_id)
+
     async def recover_stuck(self) -> int:
         """Recover messages in `sending` past their lease; return how many."""
         return await leases.recover_stuck(self.work)
@@ -150,6 +157,7 @@ class Scheduler:
                 fired = await self.fire_due()
                 if slow.due(loop.time()):
                     await self.expire_past_stop()
+                    await self.cancel_pending()
                     await self.recover_stuck()
                     await self.requeue_stale()
                 if gauge.due(loop.time()):

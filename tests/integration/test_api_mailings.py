@@ -39,6 +39,7 @@ async def test_create_returns_the_contract_shape(api: ApiClient) -> None:
         "messages_by_status": {},
         "state": "scheduled",
         "version": 1,
+        "failure_reasons": [],
     }
     assert (await api.http.get(f"{URL}{body['id']}/")).json() == body
 

@@ -128,6 +128,10 @@ class Stub(Scheduler):
         self._count("expire")
         return 0
 
+    async def cancel_pending(self, mailing_id: int | None = None) -> int:
+        self._count("cancel")
+        return 0
+
     async def recover_stuck(self) -> int:
         self._count("recover")
         return 0
@@ -159,8 +163,10 @@ async def test_the_loop_polls_often_and_runs_the_slow_steps_once_a_period() -> N
     # The slow steps and the gauge: once at the start, not again within their period.
     assert slow_every_s(0.01) > 0.3
     assert GAUGE_EVERY_S > 0.3
-    assert {k: scheduler.calls[k] for k in ("expire", "recover", "requeue", "backlog")} == {
+    slow = ("expire", "cancel", "recover", "requeue", "backlog")
+    assert {k: scheduler.calls[k] for k in slow} == {
         "expire": 1,
+        "cancel": 1,
         "recover": 1,
         "requeue": 1,
         "backlog": 1,

@@ -95,7 +95,10 @@ async def get_mailing(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 
 @router.put(
     "/{mailing_id}/",
-    responses=NOT_FOUND,
+    responses={
+        **NOT_FOUND,
+        409: {"model": ErrorOut, "description": "The mailing is cancelled: it cannot change"},
+    },
     summary="Replace a mailing (sent messages stay; pending ones follow the new version)",
 )
 async def replace_mailing(mailing_id: MailingId, body: MailingIn, unit: UnitDep) -> MailingOut:
