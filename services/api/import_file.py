@@ -136,7 +136,10 @@ class CsvRows:
         self.positions = {name: index for index, name in enumerate(names)}
 
     def row(self, number: int, line: str) -> ClientIn | Rejected:
-        cells = _cells(line)
+        try:
+            cells = _cells(line)
+        except csv.Error as exc:
+            return Rejected(number, "line", f"not a CSV row: {exc}")
         if len(cells) != len(self.positions):
             return Rejected(
                 number, "line", f"expected {len(self.positions)} cells, got {len(cells)}"

@@ -70,9 +70,10 @@ LEFT JOIN client c ON c.phone = r.phone AND c.deleted_at IS NULL
 ORDER BY r.phone, r.line
 """
 _REPEATED = """
-SELECT r.line, r.phone, p.line AS first
+SELECT r.line, r.phone, p.line AS first, count(*) OVER () AS total
 FROM import_row r JOIN import_plan p ON p.phone = r.phone AND p.line <> r.line
 ORDER BY r.line
+LIMIT :n
 """
 _TAKEN = """
 UPDATE import_plan SET outcome = 'taken' WHERE client_id IS NOT NULL
@@ -94,7 +95,7 @@ UPDATE import_plan SET outcome = 'taken' WHERE outcome IS NULL AND client_id IS 
 _TAGS_CHANGED = """
 UPDATE import_plan p SET tags_changed = NOT (old.names @> p.tags AND p.tags @> old.names)
 FROM (
-    SELECT p2.client_id, coalesce(array_agg(t.name) FILTER (WHERE t.name IS NOT NULL),
+    SELECT p2.client_id, coalesce(array_agg(t.name::text) FILTER (WHERE t.name IS NOT NULL),
                                   ARRAY[]::text[]) AS names
     FROM import_plan p2
     LEFT JOIN client_tag ct ON ct.client_id = p2.client_id
@@ -214,9 +215,11 @@ async def import_clients(
     result = await _stage(session, kind, chunks)
     await session.execute(text(_PLAN))
     await session.execute(text("ANALYZE import_plan"))
-    repeated = (await session.execute(text(_REPEATED))).all()
-    for line, phone, first in repeated:
+    repeated = (await session.execute(text(_REPEATED), {"n": MAX_LISTED})).all()
+    for line, phone, first, _ in repeated:
         result.reject(Rejected(line, "telephone", f"telephone {phone} is on line {first} too"))
+    if repeated:
+        result.rejected_count += int(repeated[0].total) - len(repeated)
     if mode == "create":
         await session.execute(text(_TAKEN))
     await session.execute(text(_INSERT))
