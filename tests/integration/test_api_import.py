@@ -245,7 +245,7 @@ async def test_changes_are_staged_as_clients_imported_events(
 
 
 async def test_search_filters_combine_with_and_keep_paging(api: ApiClient) -> None:
-    prefix = f"79{random.randrange(10**6, 10**7)}"
+    prefix = f"79{random.randrange(10**5, 10**6)}"
     tag = f"search-{prefix}"
     numbers = [f"{prefix}{i:03d}" for i in range(4)]
     zones = ["Europe/Moscow", "Europe/Moscow", "UTC", "Europe/Moscow"]
