@@ -276,3 +276,15 @@ async def test_search_filters_combine_with_and_keep_paging(api: ApiClient) -> No
         bad = await api.http.get("/api/v1/clients/", params=params)
         assert bad.status_code == 422
         assert [item["field"] for item in bad.json()["detail"]] == list(params)
+
+
+async def test_other_methods_on_the_import_path_are_405_and_a_bad_tag_filter_422(
+    api: ApiClient,
+) -> None:
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        response = await api.http.request(method, URL)
+        assert response.status_code == 405, (method, response.text)
+        assert response.headers["allow"] == "POST"
+    bad = await api.http.get("/api/v1/clients/", params={"tag": "a\x00b"})
+    assert bad.status_code == 422
+    assert [item["field"] for item in bad.json()["detail"]] == ["tag"]

@@ -20,6 +20,7 @@ from services.api.schemas import (
     ImportOut,
     OperatorCode,
     RejectedRow,
+    TagName,
     Zone,
 )
 from shared.auth import require_token
@@ -57,10 +58,8 @@ _IMPORT_BODY = {
             "schema": {"type": "string"},
             "example": "telephone,tag,timezone\n79111234567,vip|new,Europe/Moscow\n",
         },
-        NDJSON: {
-            "schema": {"type": "string"},
-            "example": '{"telephone": "79111234567", "tag": ["vip"], "timezone": "UTC"}\n',
-        },
+        # application/x-ndjson is taken too (see the description); not declared here,
+        # for OpenAPI tools cannot build such a body.
     },
 }
 
@@ -111,6 +110,12 @@ async def import_clients(
     )
 
 
+@router.api_route("/import/", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def import_other_methods() -> Response:
+    """405 (not the 422 of `/{client_id}/` with the id `import`): only POST imports."""
+    return Response(status_code=status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
+
+
 @router.get("/", summary="List and search clients")
 async def list_clients(
     request: Request,
@@ -121,7 +126,8 @@ async def list_clients(
         Query(pattern=r"^[0-9]{1,11}$", description="Telephones starting with these digits"),
     ] = None,
     tag: Annotated[
-        str | None, Query(min_length=1, max_length=TAG_MAX, description="Clients with this tag")
+        TagName | None,
+        Query(min_length=1, max_length=TAG_MAX, description="Clients with this tag"),
     ] = None,
     mobile_code: Annotated[OperatorCode | None, Query(description="Operator code")] = None,
     timezone: Annotated[Zone | None, Query(description="IANA time zone")] = None,
