@@ -110,7 +110,9 @@ async def import_clients(
     )
 
 
-@router.api_route("/import/", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+@router.api_route(
+    "/import/", methods=["GET", "PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+)
 async def import_other_methods() -> Response:
     """405 (not the 422 of `/{client_id}/` with the id `import`): only POST imports."""
     return Response(status_code=status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
