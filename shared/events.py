@@ -130,7 +130,33 @@ class ClientDeleted(_ClientEvent[ClientRef]):
     type: Literal["client.deleted"] = "client.deleted"
 
 
-ClientEvent = Annotated[ClientCreated | ClientUpdated | ClientDeleted, Field(discriminator="type")]
+CLIENTS_IMPORTED = "clients.imported"
+
+
+class ClientsImportedData(Payload):
+    # Ids of the clients one bulk-import step created and updated (time zone or tags),
+    # and those of the updated ones whose time zone changed (their scheduled messages
+    # are re-planned, as after a `client.updated`).
+    created: list[int] = []
+    updated: list[int] = []
+    timezone_changed: list[int] = []
+
+
+class ClientsImported(Envelope[ClientsImportedData]):
+    """Clients written in bulk (`POST /api/v1/clients/import/`): one event per step of
+    at most 5,000 changed clients, not one per client. Keyed by the step's lowest id.
+    Written by SQL in the import's transaction (`services/api/imports.py`)."""
+
+    type: Literal["clients.imported"] = "clients.imported"
+
+    def key(self) -> str:
+        ids = self.payload.created + self.payload.updated
+        return str(min(ids)) if ids else "0"
+
+
+ClientEvent = Annotated[
+    ClientCreated | ClientUpdated | ClientDeleted | ClientsImported, Field(discriminator="type")
+]
 
 # --- delivery ------------------------------------------------------------------------
 

@@ -52,12 +52,9 @@ class BodyLimitMiddleware:
         """The limit of the route the request goes to (the default when none sets one),
         and that route."""
         router = getattr(scope.get("app"), "router", None)
-        for route in getattr(router, "routes", ()):
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                limit = getattr(getattr(route, "endpoint", None), _ATTRIBUTE, None)
-                return (self.default if limit is None else int(limit)), route
-        return self.default, None
+        route = _matching_route(getattr(router, "routes", ()), scope)
+        limit = getattr(getattr(route, "endpoint", None), _ATTRIBUTE, None)
+        return (self.default if limit is None else int(limit)), route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _NO_BODY:
@@ -128,6 +125,25 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _matching_route(routes: Any, scope: Scope) -> Any:
+    """The endpoint route a request goes to. An `APIRouter` included in the app may
+    stand in the app's routes as one router object (FastAPI >= 0.165 includes routers
+    lazily): its own routes are searched in turn."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match != Match.FULL:
+            continue
+        if getattr(route, "endpoint", None) is not None:
+            return route
+        inner = getattr(route, "routes", None)
+        if inner is None:
+            inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is None:
+            return route
+        return _matching_route(inner, scope) or route
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

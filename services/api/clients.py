@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import delete, exists, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -17,6 +18,7 @@ from shared.outbox import add_event
 from shared.statuses import transition_where
 
 if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from shared.topics import Topics
@@ -109,14 +111,40 @@ async def get_client(session: AsyncSession, client_id: int) -> ClientOut:
     return _out(client, (await _tag_names(session, [client.id]))[client.id])
 
 
+@dataclass(frozen=True)
+class Search:
+    """Client search filters, combined with AND; None: not filtered."""
+
+    telephone: str | None = None  # a prefix of digits
+    tag: str | None = None
+    mobile_code: int | None = None
+    timezone: str | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        found: list[ColumnElement[bool]] = [Client.deleted_at.is_(None)]
+        if self.telephone is not None:
+            found.append(Client.phone.startswith(self.telephone, autoescape=True))
+        if self.mobile_code is not None:
+            found.append(Client.operator_code == self.mobile_code)
+        if self.timezone is not None:
+            found.append(Client.timezone == self.timezone)
+        if self.tag is not None:
+            found.append(
+                exists()
+                .where(ClientTag.client_id == Client.id, ClientTag.tag_id == Tag.id)
+                .where(Tag.name == self.tag.strip())
+            )
+        return found
+
+
 async def list_clients(
-    session: AsyncSession, limit: int, offset: int
+    session: AsyncSession, limit: int, offset: int, search: Search | None = None
 ) -> tuple[int, list[ClientOut]]:
-    live = Client.deleted_at.is_(None)
-    count = await session.scalar(select(func.count()).select_from(Client).where(live)) or 0
+    where = (search or Search()).conditions()
+    count = await session.scalar(select(func.count()).select_from(Client).where(*where)) or 0
     clients = list(
         await session.scalars(
-            select(Client).where(live).order_by(Client.id).limit(limit).offset(offset)
+            select(Client).where(*where).order_by(Client.id).limit(limit).offset(offset)
         )
     )
     names = await _tag_names(session, [client.id for client in clients])

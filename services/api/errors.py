@@ -22,6 +22,16 @@ class NotFound(Exception):
         super().__init__(f"{what} {ident} not found")
 
 
+class UnreadableFile(Exception):
+    """A bulk-import file that cannot be read at all: a 4xx naming the problem, and
+    nothing of it is written."""
+
+    def __init__(self, field: str, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
 class Conflict(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -35,7 +45,9 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def _describe(error: dict[str, Any]) -> dict[str, Any]:
+def describe_error(error: dict[str, Any]) -> dict[str, Any]:
+    """One pydantic error as {field, message, type}: the API's 422 items, and the bulk
+    import's rejected rows."""
     kind = error.get("type", "")
     message = str(error.get("msg", "invalid"))
     message = message.removeprefix("Value error, ")
@@ -58,7 +70,7 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [_describe(dict(error)) for error in exc.errors()]
+        details = [describe_error(dict(error)) for error in exc.errors()]
         content_type = request.headers.get("content-type", "")
         if any(d["field"] == "body" for d in details) and "json" not in content_type:
             details = [
@@ -74,6 +86,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(UnreadableFile)
+    async def unreadable(_: Request, exc: UnreadableFile) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{"field": exc.field, "message": str(exc), "type": "unreadable_file"}]},
+            exc.status,
+        )
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:

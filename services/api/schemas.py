@@ -291,6 +291,22 @@ class ClientIn(Strict):
         return self
 
 
+class RejectedRow(BaseModel):
+    line: int = Field(description="Line number in the file, from 1 (the CSV header is 1)")
+    field: str = Field(description="The field at fault (`line` for the line as a whole)")
+    message: str
+
+
+class ImportOut(BaseModel):
+    """What a bulk import did. Good rows are written even when others are rejected."""
+
+    created: int
+    updated: int = Field(description="Existing clients changed (mode=upsert)")
+    unchanged: int = Field(description="Existing clients already so (mode=upsert)")
+    rejected: list[RejectedRow] = Field(description="The rejected rows (the first 1,000)")
+    rejected_count: int = Field(description="All rejected rows, listed or not")
+
+
 class ClientPatch(Strict):
     """The body of PATCH: any subset of the client's fields."""
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from shared.asyncapi import ClientEventRecord, MailingEventRecord
 from shared.events import (
+    ClientsImported,
     ClientUpdated,
     MailingCreated,
     MailingDeleted,
@@ -83,7 +84,8 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title="scheduler: client events",
-        description="Re-plans a client's scheduled messages when its time zone changes.",
+        description="Re-plans a client's scheduled messages when its time zone changes "
+        "(one client's update, or a bulk import's).",
     )
     @health.guard(clients_group, topics.client_events)
     async def on_client_event(body: ClientEventRecord, message: KafkaMessage) -> None:
@@ -93,8 +95,20 @@ def subscribe(runtime: Runtime, scheduler: Scheduler) -> None:
         except ValidationError as exc:
             _unreadable(topics.client_events, exc)
             return
-        bind_entities(client_id=event.payload.id)
-        if isinstance(event, ClientUpdated):
-            await scheduler.replan_client(event.payload.id)
+        if isinstance(event, ClientsImported):
+            # The same re-plan as a `client.updated`, for each client whose zone changed.
+            for client_id in event.payload.timezone_changed:
+                bind_entities(client_id=client_id)
+                await scheduler.replan_client(client_id)
+            log.info(
+                "clients_imported_seen",
+                created=len(event.payload.created),
+                updated=len(event.payload.updated),
+                replanned=len(event.payload.timezone_changed),
+            )
+        else:
+            bind_entities(client_id=event.payload.id)
+            if isinstance(event, ClientUpdated):
+                await scheduler.replan_client(event.payload.id)
         EVENTS_CONSUMED.labels("scheduler", topics.client_events, "ok").inc()
         clear_context()

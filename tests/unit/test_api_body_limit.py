@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 
 from services.api.body_limit import BodyLimitMiddleware, max_body_bytes
 
@@ -31,6 +31,14 @@ def _limited_app() -> FastAPI:
             read += len(chunk)
         return {"read": read}
 
+    router = APIRouter(prefix="/clients")
+
+    @router.post("/import/")
+    @max_body_bytes(10_000)
+    async def routed_import(request: Request) -> dict[str, int]:
+        return await bulk_import(request)
+
+    app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, default=100)
     return app
 
@@ -49,5 +57,14 @@ async def test_a_route_can_have_its_own_limit() -> None:
         assert (await client.post("/import", content=b"x" * 5000)).json() == {"read": 5000}
         assert (await client.post("/import", content=stream(10_000))).json() == {"read": 10_000}
         too_big = await client.post("/import", content=stream(10_500))
+        assert too_big.status_code == 413
+        assert too_big.json()["limit_bytes"] == 10_000
+
+
+async def test_a_route_of_an_included_router_keeps_its_own_limit() -> None:
+    transport = httpx.ASGITransport(app=_limited_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.post("/clients/import/", content=b"x" * 5000)).json() == {"read": 5000}
+        too_big = await client.post("/clients/import/", content=b"x" * 10_001)
         assert too_big.status_code == 413
         assert too_big.json()["limit_bytes"] == 10_000

@@ -1,0 +1,1 @@
+"""`notifications`: the command-line client of the admin API, for scripts and terminals."""

@@ -1,0 +1,115 @@
+"""Reading an import file as it streams: lines across chunk boundaries, the header,
+rows checked as POST checks a client, the unreadable cases."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from services.api.errors import UnreadableFile
+from services.api.import_file import (
+    CSV,
+    MAX_LINE_CHARS,
+    NDJSON,
+    Numbered,
+    Rejected,
+    file_kind,
+    lines,
+    rows,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+async def _stream(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def _lines(data: bytes, size: int) -> list[tuple[int, str]]:
+    return [item async for item in lines(_stream(data, size))]
+
+
+async def _rows(kind: str, data: bytes, size: int = 7) -> list[Numbered | Rejected]:
+    return [row async for row in rows(kind, _stream(data, size))]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64])
+async def test_lines_survive_any_chunking(size: int) -> None:
+    data = "\ufeffa,é\r\nb,中文\n\nlast".encode()
+    assert await _lines(data, size) == [(1, "a,é"), (2, "b,中文"), (3, ""), (4, "last")]
+
+
+async def test_a_line_over_the_limit_stops_the_file() -> None:
+    with pytest.raises(UnreadableFile, match="line 2 is longer"):
+        await _lines(b"ok\n" + b"x" * (MAX_LINE_CHARS + 1) + b"\nmore\n", 1024)
+
+
+async def test_bytes_that_are_not_utf8_stop_the_file_naming_the_line() -> None:
+    with pytest.raises(UnreadableFile, match=r"not UTF-8 text \(line 2"):
+        await _lines(b"ok\n\xff\n", 64)
+
+
+async def test_csv_rows_become_clients_or_named_rejections() -> None:
+    data = b'Telephone , tag\n79111234567,a|b\n79111234568\n89111234567,a\n79111234569,"x, y|z"\n'
+    got = await _rows(CSV, data)
+    first, missing, bad, quoted = got
+    assert isinstance(first, Numbered)
+    assert (first.line, first.client.telephone, first.client.tag) == (2, "79111234567", ["a", "b"])
+    assert first.client.timezone == "UTC"
+    assert missing == Rejected(3, "line", "expected 2 cells, got 1")
+    assert isinstance(bad, Rejected)
+    assert (bad.line, bad.field) == (4, "telephone")
+    assert isinstance(quoted, Numbered)
+    assert quoted.client.tag == ["x, y", "z"]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b"phone,tag\n", "header row telephone,tag,timezone"),
+        (b"79111234567,a,UTC\n", "header row"),
+        (b"telephone,tag,colour\n", "unknown column 'colour'"),
+        (b"telephone,tag,tag\n", "'tag' appears twice"),
+    ],
+)
+async def test_a_wrong_header_stops_the_file(header: bytes, message: str) -> None:
+    with pytest.raises(UnreadableFile, match=message) as raised:
+        await _rows(CSV, header + b"79111234567,a,UTC\n")
+    assert raised.value.field == "header"
+
+
+async def test_an_empty_file_is_unreadable() -> None:
+    with pytest.raises(UnreadableFile, match="empty"):
+        await _rows(CSV, b"\n\n")
+
+
+async def test_ndjson_lines_are_post_bodies() -> None:
+    got = await _rows(NDJSON, b'{"telephone": 79111234567, "tag": "a"}\n{"tag": []}\n', 4)
+    ok, missing = got
+    assert isinstance(ok, Numbered)
+    assert (ok.client.telephone, ok.client.tag) == ("79111234567", ["a"])
+    assert isinstance(missing, Rejected)
+    assert (missing.line, missing.field) == (2, "telephone")
+
+
+@pytest.mark.parametrize(
+    ("header", "kind"),
+    [
+        ("text/csv; charset=utf-8", CSV),
+        ("application/x-ndjson", NDJSON),
+        ("application/jsonl", NDJSON),
+    ],
+)
+def test_content_types(header: str, kind: str) -> None:
+    assert file_kind(header) == kind
+
+
+@pytest.mark.parametrize("header", [None, "", "application/json", "text/plain"])
+def test_other_content_types_are_415(header: str | None) -> None:
+    with pytest.raises(UnreadableFile) as raised:
+        file_kind(header)
+    assert raised.value.status == 415
+    assert raised.value.field == "content-type"
