@@ -28,12 +28,16 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 # Then the code, and the project itself (`pip install .`; nothing left to download).
-# alembic.ini stays in /app: `alembic upgrade head` runs from here.
+# alembic.ini stays in /app: `alembic upgrade head` runs from here. tools.web_assets
+# unpacks the AsyncAPI renderer of the /asyncapi pages into shared/static/asyncapi/
+# (the npm package's tarball, checked against its pinned sha512) before the install.
 COPY README.md alembic.ini ./
 COPY shared ./shared
 COPY services ./services
 COPY tools ./tools
-RUN pip install --no-deps --no-build-isolation . \
+RUN NOTIFICATIONS_CACHE=/tmp/assets-cache python -m tools.web_assets \
+    && rm -rf /tmp/assets-cache \
+    && pip install --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info
 
 # Listen on every interface of the container; JSON logs to stdout and to a file that a

@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The browser tests use Debian's Chromium (tools/chromium.py), never Playwright's download.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -27,7 +29,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The AsyncAPI renderer every /asyncapi page serves (npm tarball, fetched once and cached).
+ASYNCAPI_ASSETS := shared/static/asyncapi/VERSION
+$(ASYNCAPI_ASSETS): tools/web_assets.py $(STAMP)
+	$(BIN)/python -m tools.web_assets
+
+venv: $(STAMP) $(ASYNCAPI_ASSETS)
 
 dev: venv
 	$(BIN)/python -m tools.dev
@@ -61,6 +68,11 @@ migrate: venv
 
 infra-fetch: venv
 	$(BIN)/python -m tools.infra fetch-kafka
+
+# The browser tests' Chromium: Debian's, installed with apt-get when missing (as root).
+# The `browser` fixture does the same on first use; this only does it ahead of time.
+chromium: venv
+	$(BIN)/python -m tools.chromium
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .dev

@@ -3,7 +3,8 @@
 `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer, the
 service's consumers are started and none of them is failing), `/metrics` (Prometheus),
 and `/asyncapi` with `/asyncapi.json`: the AsyncAPI document of the topics the service
-consumes and publishes. No token: they are for operators and orchestrators.
+consumes and publishes (the page renders it with assets the service serves itself:
+`shared.docs_pages`). No token: they are for operators and orchestrators.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from faststream.specification import get_asyncapi_html
 from pydantic import BaseModel
 
+from shared import docs_pages
 from shared.asyncapi import specification
 from shared.db import ping
 from shared.kafka import probe_kafka
@@ -127,6 +128,9 @@ def operations_router(*, service: str, title: str, description: str) -> APIRoute
         document = asyncapi(request)
         if document is None:
             return JSONResponse({"detail": "starting"}, status_code=503)
-        return HTMLResponse(get_asyncapi_html(document, try_it_out_path=None))
+        if docs_pages.asyncapi_assets_missing():
+            return HTMLResponse(docs_pages.asyncapi_unavailable_html(), status_code=503)
+        root = request.scope.get("root_path", "")
+        return HTMLResponse(docs_pages.asyncapi_html(document.to_json(), document.title, root))
 
     return router

@@ -4,8 +4,9 @@ Each service builds its FastAPI app with `create_service_app`, giving its router
 wiring: one function (`Wire`) that builds the service's parts on the runtime, registers
 its Kafka subscribers and returns the step that starts its background work. The app
 serves the operations routes of `shared.operations` (`/health`, `/ready`, `/metrics`,
-`/asyncapi`) besides the service's own, and `/docs`. A service with Kafka consumers also
-measures their lag and runs the stall watchdog (`shared.consumer_lag`).
+`/asyncapi`) besides the service's own, and `/docs` (`shared.docs_pages`: no CDN). A
+service with Kafka consumers also measures their lag and runs the stall watchdog
+(`shared.consumer_lag`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared.asyncapi import declare_publishers
 from shared.consumer_lag import watch_consumers
 from shared.consuming import ConsumerHealth
 from shared.db import create_engine, create_session_factory
+from shared.docs_pages import install_docs
 from shared.kafka import create_broker, ensure_topics, probe_kafka, topics_from
 from shared.logging import KAFKA_CLIENT_NOISE, Outage, get_logger
 from shared.metrics import BROKER_CONNECTED, HttpMetricsMiddleware
@@ -201,7 +203,10 @@ def create_service_app(
             _lifespan, service=service, settings=settings, wire=wire, publishes=publishes
         ),
         openapi_tags=[*(openapi_tags or []), {"name": "operations", "description": OPS_DOC}],
+        docs_url=None,  # /docs and /redoc: install_docs, with assets served locally
+        redoc_url=None,
     )
+    install_docs(app)
     app.add_middleware(HttpMetricsMiddleware, service=service)
     app.include_router(operations_router(service=service, title=title, description=description))
     for router in routers:

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from tests.support.report_helpers import SmtpServer
 
 
+# The browser harness: the `browser` and `offline_page` fixtures (Playwright, Chromium).
+pytest_plugins = ["tests.support.browser"]
+
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "e2e")
 

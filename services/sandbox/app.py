@@ -38,6 +38,7 @@ from services.sandbox.faults import (
     UNAUTHORIZED,
 )
 from services.sandbox.routes import control
+from shared.docs_pages import install_docs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -92,7 +93,10 @@ def create_control_app(state: SandboxState) -> FastAPI:
         description=control.DESCRIPTION,
         version="1",
         openapi_tags=control.TAGS,
+        docs_url=None,  # /docs and /redoc with local assets: install_docs
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.sandbox = state
     app.include_router(control.router)
     return app
