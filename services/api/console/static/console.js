@@ -144,15 +144,16 @@ async function mailingPage() {
   const id = document.body.dataset.mailingId;
   const base = `/api/v1/notifications/${id}/`;
   const samples = [];
-  let offset = 0; const limit = 20;
+  let offset = 0, refreshes = 0; const limit = 20;
 
   async function refresh() {
     const result = await api("GET", base);
     if (result.status === 404) { notice(`Mailing ${id} does not exist (any more).`); return false; }
     if (!result.ok) { notice(`Could not load the mailing: ${problem(result)}`); return true; }
     const m = result.data, t = tally(m);
+    if (Array.isArray(m.failure_reasons)) reasons = m.failure_reasons;
     $("#mailing-text").textContent = m.text;
-    const facts = [["State", m.state], ["Start (UTC)", m.date_time_start], ["Stop (UTC)", m.date_time_stop],
+    const facts = [["Start (UTC)", m.date_time_start], ["Stop (UTC)", m.date_time_stop],
       ["Tags", m.tag.join(", ") || "any"], ["Operator codes", m.mobile_code.join(", ") || "any"],
       ["Window (client's time)", m.time_interval_start ? `${m.time_interval_start}–${m.time_interval_end}` : "any time"],
       ["Delivered", t.rate === null ? "–" : pct(t.rate)], ["Version", m.version]];
@@ -169,6 +170,9 @@ async function mailingPage() {
     $('[data-action="cancel"]').disabled = over;
     samples.push([Date.now(), t.sent + t.undelivered]);
     if (samples.length > 300) samples.shift();
+    $("#mailing-progress").dataset.refreshes = String(++refreshes);
+    $("#mailing-state").textContent = m.state;
+    $("#mailing-state").className = `state state-${m.state}`;
     const rates = [];
     for (let i = 1; i < samples.length; i++) {
       const dt = (samples[i][0] - samples[i - 1][0]) / 60000;
@@ -184,18 +188,29 @@ async function mailingPage() {
     barChart($("#forecast-chart"), Object.entries(result.data.by_hour || {}), "Planned sends per UTC hour");
   }
 
+  let reasons = null; // the mailing's failure_reasons, when the API gives them
   async function failures() {
-    const result = await api("GET", `${base}messages/?status=${encodeURIComponent("Unable to deliver")}&limit=1000`);
     const list = $("#failure-reasons");
-    if (!result.ok) { list.replaceChildren(el("li", { text: problem(result) })); return; }
-    const counts = {};
-    for (const msg of result.data.results) {
-      const reason = msg.last_error || msg.state;
-      counts[reason] = (counts[reason] || 0) + 1;
+    let top;
+    if (reasons) {
+      top = reasons.map((r) => [r.reason, r.count]);
+    } else {
+      const result = await api("GET", `${base}messages/?status=failed&limit=1000`);
+      if (!result.ok) { list.replaceChildren(el("li", { text: problem(result) })); return; }
+      const counts = {};
+      for (const msg of result.data.results) {
+        const reason = msg.last_error || msg.state;
+        counts[reason] = (counts[reason] || 0) + 1;
+      }
+      top = Object.entries(counts).sort((a, b) => b[1] - a[1]);
     }
-    const top = Object.entries(counts).sort((a, b) => b[1] - a[1]).slice(0, 5);
+    top = top.slice(0, 5);
     list.replaceChildren(...top.map(([reason, n]) => el("li", { text: `${reason} — ${fmt(n)}` })));
-    if (!top.length) list.append(el("li", { text: "No failed or expired messages." }));
+    if (!top.length) list.append(el("li", { text: "No failed messages." }));
+    const select = $("#replay-reason"), chosen = select.value;
+    select.replaceChildren(el("option", { value: "", text: "every failed message" }),
+      ...top.map(([reason, n]) => el("option", { value: reason, text: `only "${reason}" (${fmt(n)})` })));
+    select.value = top.some(([reason]) => reason === chosen) ? chosen : "";
   }
 
   async function messages() {
@@ -240,12 +255,13 @@ async function mailingPage() {
   $("#replay-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!window.confirm("Send the failed messages of this mailing again?")) return;
-    const reason = $("#replay-reason").value.trim();
+    const reason = $("#replay-reason").value;
     const result = await api("POST", `${base}replay/`, reason ? { reason } : {});
     if (result.status === 404) { notice(missing("Replay")); return; }
     if (!result.ok) { notice(`Replay refused: ${problem(result)}`); return; }
     notice(`Replayed ${fmt(result.data.replayed)} messages.`, true);
-    await Promise.all([refresh(), failures(), messages()]);
+    await refresh();
+    await Promise.all([failures(), messages()]);
   });
   $("#message-status").addEventListener("change", () => { offset = 0; messages(); });
   $("#messages-prev").addEventListener("click", () => { offset = Math.max(0, offset - limit); messages(); });
