@@ -479,8 +479,10 @@ async function clientsPage() {
       if (!result.ok) { out.replaceChildren(el("p", { class: "error", role: "alert", text: `Nothing imported: ${problem(result)}` })); return; }
       text.textContent = "Done";
       const rejected = data.rejected || [];
+      const count = data.rejected_count ?? rejected.length;
       out.replaceChildren(el("p", { id: "import-summary",
-        text: `Created ${fmt(data.created)}, updated ${fmt(data.updated)}, unchanged ${fmt(data.unchanged)}, rejected ${fmt(rejected.length)}.` }));
+        text: `Created ${fmt(data.created)}, updated ${fmt(data.updated)}, unchanged ${fmt(data.unchanged)}, rejected ${fmt(count)}.` }));
+      if (count > rejected.length) out.append(el("p", { class: "hint", text: `The first ${fmt(rejected.length)} rejected rows:` }));
       if (rejected.length) {
         out.append(el("table", { class: "grid", id: "import-rejected" },
           el("caption", { text: "Rejected rows" }),
