@@ -83,7 +83,7 @@ function barChart(container, pairs, label) {
   const W = 640, H = 200, pad = 28, max = Math.max(...pairs.map((p) => p[1]), 1);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
   root.append(svg("title", {}, label));
-  const bw = (W - 2 * pad) / pairs.length;
+  const bw = Math.min((W - 2 * pad) / pairs.length, 48);
   pairs.forEach(([key, value], i) => {
     const h = ((H - 2 * pad) * value) / max;
     const bar = svg("rect", { class: "bar", x: pad + i * bw + 1, y: H - pad - h, width: Math.max(bw - 2, 1), height: h });
