@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=lambda: [SecretStr("dev-token")]
     )
+    # The operator console (/console/ on the API): the key that signs its session
+    # cookies (unset: a random key per process, so sessions end when the API restarts
+    # and each API replica signs its own), and how long a sign-in lasts.
+    console_session_secret: SecretStr | None = None
+    console_session_ttl_s: PositiveInt = 43200
     ready_timeout_s: PositiveFloat = 3.0
     # The admin API refuses a request body larger than this (bytes) with 413, before
     # reading it; a route for streamed uploads may set a limit of its own.

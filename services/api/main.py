@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.middleware import Middleware
+from starlette.staticfiles import StaticFiles
 
-from services.api import errors
+from services.api import console, errors
 from services.api.body_limit import BodyLimitMiddleware
 from services.api.routes import clients, control, mailings
 from shared.asyncapi import Published
@@ -25,8 +26,9 @@ DESCRIPTION = """
 Clients and mailings for operators and integrations.
 
 Authenticate with `Authorization: Bearer <token>` (tokens: `API_TOKENS`; the local
-stack accepts `dev-token`). Datetimes in mailing bodies are UTC `YYYY-MM-DD HH:MM:SS`
-(ISO 8601 with an offset or `Z` is accepted too).
+stack accepts `dev-token`), or with the operator console's session cookie (sign in at
+`/console/`; unsafe methods then need the `X-CSRF-Token` header). Datetimes in mailing
+bodies are UTC `YYYY-MM-DD HH:MM:SS` (ISO 8601 with an offset or `Z` is accepted too).
 
 Every write is committed with an outbox row; a relay publishes the outbox to
 `client.events` and `mailing.events`, so writes are accepted while Kafka is down and
@@ -58,12 +60,14 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings,
         title="Notifications: admin API",
         description=DESCRIPTION,
-        routers=[clients.router, mailings.router, control.router],
+        routers=[clients.router, mailings.router, control.router, console.router],
         publishes=[Published.MAILING_EVENTS, Published.CLIENT_EVENTS, Published.STATUS_EVENTS],
         wire=wire,
         openapi_tags=TAGS,
     )
     errors.install(app)
+    # The console's CSS and script, from the package: no page loads anything from elsewhere.
+    app.mount("/console/static", StaticFiles(directory=console.STATIC), name="console-static")
     # Innermost (appended, not add_middleware's outermost): the HTTP metrics count the
     # 413s too.
     app.user_middleware.append(Middleware(BodyLimitMiddleware, default=settings.api_max_body_bytes))

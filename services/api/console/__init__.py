@@ -1,0 +1,11 @@
+"""The operator console: server-rendered pages at /console/ over the admin API.
+
+The pages are Jinja2 templates; their script (static/console.js, no build step, no
+third-party code) calls the REST API (/api/v1/...) with the session cookie sign-in sets
+(shared/auth.py), so every write goes through the API's own routes. Every asset is
+served from this package: nothing is loaded from another host.
+"""
+
+from services.api.console.routes import STATIC, router
+
+__all__ = ["STATIC", "router"]
