@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tools.infra import free_port
+from tools.api_process import api_process
 
-REPO = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"  # noqa: S105 (a throwaway token for the process it starts)
+if TYPE_CHECKING:
+    import httpx
 
 STATUSES = ["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled"]
 
@@ -103,44 +100,23 @@ def main() -> int:
     database_url = os.environ["DATABASE_URL"]
     mailing_id = load(database_url, args.messages)
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "API_PORT": str(port),
-        "API_TOKENS": TOKEN,
-        "LOG_LEVEL": "WARNING",
-        "LOG_FILE": "",
-    }
-    api = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=REPO, env=env)
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        ) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            body = client.get(f"/api/v1/notifications/{mailing_id}/").json()
-            print(f"number_of_messages: {body['number_of_messages']}")
-            paths = {
-                "GET /api/v1/notifications/{id}/": f"/api/v1/notifications/{mailing_id}/",
-                "GET /api/v1/notifications/{id}/messages/?limit=100": (
-                    f"/api/v1/notifications/{mailing_id}/messages/?limit=100"
-                ),
-                "GET /health (baseline)": "/health",
-            }
-            print(f"{'request':<55} {'median':>8} {'p95':>8} {'p99':>8}  (ms, n={args.requests})")
-            for name, path in paths.items():
-                samples = measure(client, path, args.requests)
-                print(
-                    f"{name:<55} {statistics.median(samples):8.2f} "
-                    f"{percentile(samples, 0.95):8.2f} {percentile(samples, 0.99):8.2f}"
-                )
+    with api_process() as (client, _):
+        body = client.get(f"/api/v1/notifications/{mailing_id}/").json()
+        print(f"number_of_messages: {body['number_of_messages']}")
+        paths = {
+            "GET /api/v1/notifications/{id}/": f"/api/v1/notifications/{mailing_id}/",
+            "GET /api/v1/notifications/{id}/messages/?limit=100": (
+                f"/api/v1/notifications/{mailing_id}/messages/?limit=100"
+            ),
+            "GET /health (baseline)": "/health",
+        }
+        print(f"{'request':<55} {'median':>8} {'p95':>8} {'p99':>8}  (ms, n={args.requests})")
+        for name, path in paths.items():
+            samples = measure(client, path, args.requests)
+            print(
+                f"{name:<55} {statistics.median(samples):8.2f} "
+                f"{percentile(samples, 0.95):8.2f} {percentile(samples, 0.99):8.2f}"
+            )
         # Side by side: the COUNT ... GROUP BY the read would cost without the counters.
         conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(False)
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -157,9 +133,6 @@ def main() -> int:
             f"{statistics.median(samples):8.2f} {percentile(samples, 0.95):8.2f} "
             f"{percentile(samples, 0.99):8.2f}"
         )
-    finally:
-        api.terminate()
-        api.wait(30)
     return 0
 
 

@@ -12,10 +12,7 @@ Needs DATABASE_URL and KAFKA_BOOTSTRAP (run it under `python -m tools.infra run`
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +20,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tools.api_process import api_process
 from tools.bench.sampling import Sampler
-from tools.infra import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-REPO = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"  # noqa: S105 (a throwaway token for the process it starts)
 ZONES = ["Europe/Moscow", "UTC", "Asia/Yekaterinburg", "Asia/Vladivostok"]
 
 
@@ -51,29 +46,9 @@ def _chunks(path: Path) -> Iterator[bytes]:
 
 def run_one(path: Path, rows: int) -> tuple[float, float, dict[str, object]]:
     """(seconds, API peak RSS MB, the answer) of importing `path` into a fresh API."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "API_PORT": str(port),
-        "API_TOKENS": TOKEN,
-        "LOG_LEVEL": "WARNING",
-        "LOG_FILE": "",
-    }
-    api = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=REPO, env=env)
     sampler = Sampler(interval_s=0.1)
     try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=httpx.Timeout(30.0, read=1800.0),
-        ) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        with api_process(timeout=httpx.Timeout(30.0, read=1800.0)) as (client, api):
             sampler.watch("api", api.pid)
             sampler.start()
             time.sleep(0.3)
@@ -92,8 +67,6 @@ def run_one(path: Path, rows: int) -> tuple[float, float, dict[str, object]]:
             answer.pop("rejected", None)
     finally:
         sampler.stop()
-        api.terminate()
-        api.wait(30)
     return seconds, sampler.peaks_mb().get("api", 0.0), answer
 
 

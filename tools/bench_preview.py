@@ -17,15 +17,11 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import psycopg
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
@@ -33,10 +29,7 @@ from sqlalchemy.engine import make_url
 from services.api.outlook import PREVIEW_WORK_MEM, preview_queries
 from shared.audience import Audience
 from shared.windows import Window, plan
-from tools.infra import free_port
-
-REPO = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"  # noqa: S105 (a throwaway token for the process it starts)
+from tools.api_process import api_process
 
 ZONES = [
     "UTC", "Europe/London", "Europe/Berlin", "Europe/Moscow", "Europe/Samara",
@@ -190,18 +183,6 @@ def explain(database_url: str, body: dict[str, Any]) -> None:
             print("   " + "\n   ".join(str(row[0]) for row in plan_lines))
 
 
-def wait_healthy(client: httpx.Client) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the API did not become healthy within 60 s")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1_000_000)
@@ -212,63 +193,41 @@ def main() -> int:
     database_url = os.environ["DATABASE_URL"]
     load(database_url, args.clients)
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "API_PORT": str(port),
-        "API_TOKENS": TOKEN,
-        "LOG_LEVEL": "WARNING",
-        "LOG_FILE": "",
-    }
-    api = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=REPO, env=env)
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=120,
-        ) as client:
-            wait_healthy(client)
-            print(f"{'request':<62} {'p50':>8} {'p95':>8} {'p99':>8}  (ms, n={args.requests})")
-            for name, body in BODIES.items():
-                answer = client.post("/api/v1/notifications/preview/", json=body)
-                answer.raise_for_status()
-                preview = answer.json()
-                print(
-                    f"-- {name}: audience {preview['audience']}, "
-                    f"{len(preview['by_timezone'])} zones, {len(preview['by_hour'])} hours, "
-                    f"unreachable {preview['unreachable']}"
-                )
+    with api_process(timeout=120) as (client, _):
+        print(f"{'request':<62} {'p50':>8} {'p95':>8} {'p99':>8}  (ms, n={args.requests})")
+        for name, body in BODIES.items():
+            answer = client.post("/api/v1/notifications/preview/", json=body)
+            answer.raise_for_status()
+            preview = answer.json()
+            print(
+                f"-- {name}: audience {preview['audience']}, "
+                f"{len(preview['by_timezone'])} zones, {len(preview['by_hour'])} hours, "
+                f"unreachable {preview['unreachable']}"
+            )
+            samples = timed(
+                lambda body=body: client.post(
+                    "/api/v1/notifications/preview/", json=body
+                ).raise_for_status(),
+                args.requests,
+            )
+            print(line("POST /api/v1/notifications/preview/", samples))
+            if args.explain:
+                explain(database_url, body)
+            created = client.post("/api/v1/notifications/", json=body)
+            created.raise_for_status()
+            path = f"/api/v1/notifications/{created.json()['id']}/forecast/?limit=100"
+            forecast = client.get(path).json()
+            if forecast["by_hour"] != preview["by_hour"]:
+                print("!! the forecast's by_hour differs from the preview's")
+            samples = timed(lambda path=path: client.get(path).raise_for_status(), args.requests)
+            print(line("GET /api/v1/notifications/{id}/forecast/?limit=100", samples))
+            if args.old_requests:
                 samples = timed(
-                    lambda body=body: client.post(
-                        "/api/v1/notifications/preview/", json=body
-                    ).raise_for_status(),
-                    args.requests,
+                    lambda body=body: old_forecast(database_url, body),
+                    args.old_requests,
+                    warmup=0,
                 )
-                print(line("POST /api/v1/notifications/preview/", samples))
-                if args.explain:
-                    explain(database_url, body)
-                created = client.post("/api/v1/notifications/", json=body)
-                created.raise_for_status()
-                path = f"/api/v1/notifications/{created.json()['id']}/forecast/?limit=100"
-                forecast = client.get(path).json()
-                if forecast["by_hour"] != preview["by_hour"]:
-                    print("!! the forecast's by_hour differs from the preview's")
-                samples = timed(
-                    lambda path=path: client.get(path).raise_for_status(), args.requests
-                )
-                print(line("GET /api/v1/notifications/{id}/forecast/?limit=100", samples))
-                if args.old_requests:
-                    samples = timed(
-                        lambda body=body: old_forecast(database_url, body),
-                        args.old_requests,
-                        warmup=0,
-                    )
-                    print(
-                        line(f"old forecast, per client in Python (n={args.old_requests})", samples)
-                    )
-    finally:
-        api.terminate()
-        api.wait(30)
+                print(line(f"old forecast, per client in Python (n={args.old_requests})", samples))
     return 0
 
 
