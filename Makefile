@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The browser tests use Debian's Chromium (tools/chromium.py), never Playwright's download.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import screenshots replay-dlq bench report-now logs chaos
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -20,6 +20,7 @@ help:
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
+	@echo "make screenshots  refresh docs/console/*.png (the console in Chromium on the whole stack)"
 	@echo "make chaos      chaos soak (~15 min): kills, restarts, outage; one table, exit 1 if a target is missed"
 	@echo "                CHAOS_ARGS='--duration 300 --clients 5000 --seed 2 --json out.json' (--preset quick, --faults off)"
 
@@ -137,5 +138,9 @@ logs: venv
 # (two dispatchers) under a supervisor; kill -9 of each service, PostgreSQL and Kafka
 # restarts, a gateway outage. Prints one table; exit 1 when a target is missed.
 CHAOS_ARGS ?=
+# Refresh docs/console/*.png: the console's pages in Chromium on the whole stack.
+screenshots: venv
+	CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs/console $(BIN)/python -m tools.infra run -- $(BIN)/python -m pytest tests/e2e/test_console.py -k screenshots -q
+
 chaos: venv
 	$(BIN)/python -m tools.chaos $(CHAOS_ARGS)
