@@ -9,12 +9,12 @@ request in flight at the cancel that ends `retrying`, say) is cancelled too.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import exists, select
 
-from services.scheduler.work import WAITING, Work
+from services.scheduler.work import WAITING, Work, move_waiting
 from shared.logging import get_logger
 from shared.models import Mailing, MailingState, Message, MessageStatus
-from shared.statuses import MAILING_CANCELLED, move_batch, plan_each_batch, stage_changes, total
+from shared.statuses import MAILING_CANCELLED
 
 log = get_logger(__name__)
 
@@ -22,7 +22,6 @@ log = get_logger(__name__)
 async def cancel_pending(work: Work, mailing_id: int | None = None) -> int:
     """Cancel the waiting messages of cancelled mailings (of `mailing_id` alone if
     given); return how many. Restartable: a cancelled message is no longer waiting."""
-    step = work.settings.scheduler_bulk_batch_size
     count = 0
     async with work.sessions() as session:
         query = select(Mailing.id).where(
@@ -33,34 +32,15 @@ async def cancel_pending(work: Work, mailing_id: int | None = None) -> int:
             query = query.where(Mailing.id == mailing_id)
         cancelled = list(await session.scalars(query.order_by(Mailing.id)))
         for ident in cancelled:
-            low, high = (
-                await session.execute(
-                    select(func.min(Message.id), func.max(Message.id)).where(
-                        Message.mailing_id == ident, Message.status.in_(WAITING)
-                    )
-                )
-            ).one()
-            await session.commit()
-            for first in range(low, high + 1, step) if low is not None else ():
-                await plan_each_batch(session)
-                changes = await move_batch(
-                    session,
-                    and_(
-                        Message.mailing_id == ident,
-                        Message.id >= first,
-                        Message.id < first + step,
-                    ),
-                    Message.status.in_(WAITING),
-                    MessageStatus.CANCELLED,
-                    error=MAILING_CANCELLED,
-                    skip_locked=True,
-                    lease_until=None,
-                )
-                await stage_changes(session, work.topics, changes)
-                await session.commit()
-                if changes:
-                    count += total(changes)
-                    work.on_commit()
+            count += await move_waiting(
+                work,
+                session,
+                ident,
+                None,
+                MessageStatus.CANCELLED,
+                error=MAILING_CANCELLED,
+                lease_until=None,
+            )
     if count:
         log.info("messages_cancelled", count=count, mailings=len(cancelled))
     return count

@@ -6,12 +6,12 @@ By message-id ranges, one transaction and one aggregated status event per range.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import exists, func, select, update
 
-from services.scheduler.work import WAITING, Work
+from services.scheduler.work import WAITING, Work, move_waiting
 from shared.logging import get_logger
 from shared.models import Mailing, MailingState, Message, MessageStatus
-from shared.statuses import STOP_REACHED, move_batch, plan_each_batch, stage_changes, total
+from shared.statuses import STOP_REACHED
 
 log = get_logger(__name__)
 
@@ -23,7 +23,6 @@ async def expire_past_stop(work: Work) -> int:
     one mailing per transaction, with one aggregated status event; messages locked
     by someone else are left for the next pass. Restartable as it goes: an expired
     message is no longer pending."""
-    step = work.settings.scheduler_bulk_batch_size
     count = 0
     async with work.sessions() as session:
         stopped = list(
@@ -37,41 +36,19 @@ async def expire_past_stop(work: Work) -> int:
             )
         )
         for mailing_id in stopped:
-            low, high, _ = (
-                await session.execute(
-                    select(func.min(Message.id), func.max(Message.id), func.count()).where(
-                        Message.mailing_id == mailing_id, Message.status.in_(WAITING)
+            count += await move_waiting(
+                work,
+                session,
+                mailing_id,
+                # Re-read each step: an edit may have moved the stop time.
+                Message.mailing_id.in_(
+                    select(Mailing.id).where(
+                        Mailing.id == mailing_id, Mailing.stop_at <= func.now()
                     )
-                )
-            ).one()
-            await session.commit()
-            for first in range(low, high + 1, step) if low is not None else ():
-                await plan_each_batch(session)
-                changes = await move_batch(
-                    session,
-                    and_(
-                        Message.mailing_id == mailing_id,
-                        Message.id >= first,
-                        Message.id < first + step,
-                    ),
-                    and_(
-                        Message.status.in_(WAITING),
-                        # Re-read each step: an edit may have moved the stop time.
-                        Message.mailing_id.in_(
-                            select(Mailing.id).where(
-                                Mailing.id == mailing_id, Mailing.stop_at <= func.now()
-                            )
-                        ),
-                    ),
-                    MessageStatus.EXPIRED,
-                    error=STOP_REACHED,
-                    skip_locked=True,
-                )
-                await stage_changes(session, work.topics, changes)
-                await session.commit()
-                if changes:
-                    count += total(changes)
-                    work.on_commit()
+                ),
+                MessageStatus.EXPIRED,
+                error=STOP_REACHED,
+            )
         await session.execute(
             update(Mailing)
             .where(
