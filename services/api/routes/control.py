@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Body, Depends
 
 from services.api import control
 from services.api.deps import UnitDep, bind_path_ids
+from services.api.routes.mailings import MailingId
 from services.api.schemas import ErrorOut, MailingOut, Replayed, ReplayIn
 from shared.auth import require_token
 
@@ -22,7 +23,6 @@ router = APIRouter(
         422: {"model": ErrorOut, "description": "Invalid input, each bad field named"},
     },
 )
-MailingId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Mailing id")]
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "Not possible in the mailing's state (named)"}
 }
