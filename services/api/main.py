@@ -13,6 +13,7 @@ from services.api.routes import clients, control, mailings
 from shared.asyncapi import Published
 from shared.logging import get_logger
 from shared.service import create_service_app
+from shared.settings import refuse_unsafe_credentials
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -53,8 +54,7 @@ def wire(runtime: Runtime) -> Start:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    if "dev-token" in settings.token_values():
-        log.warning("dev_token_accepted", hint="set API_TOKENS outside the local stack")
+    refuse_unsafe_credentials(settings, signs_sessions=True)
     app = create_service_app(
         service="api",
         settings=settings,

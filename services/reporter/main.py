@@ -13,6 +13,7 @@ from services.reporter.handlers import subscribe
 from services.reporter.routes import reports
 from shared.logging import get_logger
 from shared.service import create_service_app
+from shared.settings import refuse_unsafe_credentials
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -59,6 +60,7 @@ async def _maintain(counters: Counters, settings: Settings, started: asyncio.Eve
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    refuse_unsafe_credentials(settings, signs_sessions=False)
     return create_service_app(
         service="reporter",
         settings=settings,

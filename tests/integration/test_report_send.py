@@ -243,6 +243,7 @@ async def test_report_now_asks_the_running_reporter(
         "KAFKA_PARTITIONS": "1",
         "REPORTER_PORT": str(port),
         "LOG_FILE": str(tmp_path / "reporter.log"),
+        "DEV_MODE": "true",
         "API_TOKENS": "cli-token",
         "REPORT_RECIPIENTS": "",
         "SMTP_HOST": "127.0.0.1",

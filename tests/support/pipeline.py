@@ -87,6 +87,7 @@ class Pipeline:
             "KAFKA_BOOTSTRAP": self.infra.kafka_bootstrap,
             "KAFKA_TOPIC_PREFIX": f"{self.name}.",
             "KAFKA_PARTITIONS": "3",
+            "DEV_MODE": "true",
             "API_TOKENS": TOKEN,
             "PROVIDER_URL": f"{base_url}/v1",
             "PROVIDER_TOKEN": "sandbox-token",

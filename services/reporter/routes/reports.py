@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.reporter.daily import Reports
 from services.reporter.mailer import MailError
-from shared.auth import require_token
+from shared.auth import ADMIN
 from shared.logging import get_logger
 from shared.settings import email_address
 
 log = get_logger(__name__)
 
-router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[ADMIN])
 
 
 class SentReport(BaseModel):
