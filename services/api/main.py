@@ -11,6 +11,7 @@ from services.api import console, errors
 from services.api.body_limit import BodyLimitMiddleware
 from services.api.routes import clients, control, mailings
 from shared.asyncapi import Published
+from shared.auth import ConsoleSessions
 from shared.logging import get_logger
 from shared.service import create_service_app
 from shared.settings import refuse_unsafe_credentials
@@ -48,6 +49,7 @@ def wire(runtime: Runtime) -> Start:
 
     async def start(app: FastAPI) -> None:
         app.state.relay = relay
+        app.state.console_sessions = ConsoleSessions(runtime.settings, runtime.sessions)
         runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
 
     return start

@@ -72,7 +72,7 @@ async def authenticate(
             raise Unauthorized("missing bearer token")
         principal = await principal_for(request, credentials.credentials)
     elif SESSION_COOKIE in request.cookies:
-        session = request_session(request)
+        session = await request_session(request)
         if session is None:
             raise Unauthorized("invalid or expired session: sign in again")
         if request.method not in SAFE_METHODS and not csrf_ok(

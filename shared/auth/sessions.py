@@ -1,11 +1,14 @@
-"""The operator console's session cookie (`console_session`).
+"""The operator console's sessions, kept server-side (`console_session`).
 
-Signed with HMAC-SHA256 (`CONSOLE_SESSION_SECRET`), HttpOnly and SameSite=Strict. It
-carries who signed in (actor, role, how), an expiry, the session's CSRF token and, for
-a sign-in with a development token, a digest of that token (never the token), so
-removing the token from `API_TOKENS` ends its sessions. An unsafe method (POST, PUT,
-PATCH, DELETE) authenticated by the cookie needs an `X-CSRF-Token` header equal to the
-session's CSRF token (403 otherwise).
+The browser holds a random id in an HttpOnly, SameSite=Strict cookie (`console_session`);
+the database holds its SHA-256, who signed in (actor, role, how), an expiry, the
+session's CSRF token and the credential the console uses on the operator's behalf (the
+identity provider's access token with its refresh token, or a development token).
+Signing out deletes the row: the session ends at once, whoever holds a copy of the
+cookie. A development-token session also ends when the token leaves `API_TOKENS` or
+development mode is off. An unsafe method (POST, PUT, PATCH, DELETE) authenticated by
+the cookie needs an `X-CSRF-Token` header equal to the session's CSRF token (403
+otherwise). `CONSOLE_SESSION_SECRET` signs the short-lived cookies of the sign-in forms.
 """
 
 from __future__ import annotations
@@ -13,26 +16,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, status
+from sqlalchemy import delete
 
 from shared.auth.roles import Principal, Role
+from shared.models import ConsoleSession
 
 if TYPE_CHECKING:
     from fastapi import Request
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.settings import Settings
 
 SESSION_COOKIE = "console_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Signs sessions when CONSOLE_SESSION_SECRET is unset (development mode only): they end
-# with the process.
+# Signs the sign-in forms' cookies when CONSOLE_SESSION_SECRET is unset (development
+# mode only).
 _PROCESS_KEY = secrets.token_bytes(32)
 
 
@@ -69,14 +74,6 @@ def dev_token_principal(token: str) -> Principal:
     return Principal(actor=f"token:{token_digest(token)[:8]}", role=Role.ADMIN, via="token")
 
 
-@dataclass(frozen=True)
-class Session:
-    principal: Principal
-    csrf: str
-    expires: int
-    token_digest: str = ""  # a development token's sign-in: its digest
-
-
 def _key(settings: Settings) -> bytes:
     secret = settings.console_session_secret
     return secret.get_secret_value().encode() if secret is not None else _PROCESS_KEY
@@ -98,67 +95,132 @@ def unsign_value(settings: Settings, signed: str) -> str | None:
     return value
 
 
-def new_session(
-    settings: Settings, principal: Principal, *, token: str = "", now: float | None = None
-) -> tuple[str, Session]:
-    """A fresh session for `principal` (already authenticated): the cookie and the session.
-    `token`: the development token it signed in with, if any."""
-    moment = time.time() if now is None else now
-    session = Session(
-        principal=principal,
-        csrf=secrets.token_urlsafe(24),
-        expires=int(moment) + settings.console_session_ttl_s,
-        token_digest=token_digest(token) if token else "",
+@dataclass(frozen=True)
+class Session:
+    principal: Principal
+    csrf: str
+    expires_at: datetime
+    credential: str
+    credential_expires_at: datetime | None = None
+    refresh_token: str | None = None
+    id_token: str | None = None
+    id_hash: str = ""
+
+
+def _hash(cookie: str) -> str:
+    return hashlib.sha256(cookie.encode()).hexdigest()
+
+
+def _session(row: ConsoleSession) -> Session:
+    return Session(
+        principal=Principal(
+            actor=row.actor,
+            role=Role(row.role),
+            via=row.via,  # type: ignore[arg-type]
+            subject=row.subject,
+        ),
+        csrf=row.csrf,
+        expires_at=row.expires_at,
+        credential=row.credential,
+        credential_expires_at=row.credential_expires_at,
+        refresh_token=row.refresh_token,
+        id_token=row.id_token,
+        id_hash=row.id_hash,
     )
-    payload = json.dumps(
-        {
-            "a": principal.actor,
-            "r": principal.role.value,
-            "v": principal.via,
-            "s": principal.subject,
-            "t": session.token_digest,
-            "c": session.csrf,
-            "e": session.expires,
-        },
-        separators=(",", ":"),
-    ).encode()
-    encoded = base64.urlsafe_b64encode(payload).decode()
-    return sign_value(settings, encoded), session
 
 
-def read_session(settings: Settings, cookie: str, now: float | None = None) -> Session | None:
-    """The session a cookie holds, or None: bad signature, expired, or its token gone."""
-    encoded = unsign_value(settings, cookie)
-    if encoded is None:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(encoded.encode()))
-        session = Session(
-            principal=Principal(
-                actor=str(data["a"]), role=Role(data["r"]), via=data["v"], subject=str(data["s"])
-            ),
-            csrf=str(data["c"]),
-            expires=int(data["e"]),
-            token_digest=str(data["t"]),
+class ConsoleSessions:
+    """Open, read, renew and close console sessions in the database."""
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+
+    async def open(
+        self,
+        principal: Principal,
+        credential: str,
+        *,
+        credential_expires_at: datetime | None = None,
+        refresh_token: str | None = None,
+        id_token: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[str, Session]:
+        """A new session: the cookie's value (shown once, never stored) and the session."""
+        moment = now or datetime.now(UTC)
+        cookie = secrets.token_urlsafe(32)
+        row = ConsoleSession(
+            id_hash=_hash(cookie),
+            actor=principal.actor,
+            role=principal.role.value,
+            via=principal.via,
+            subject=principal.subject,
+            csrf=secrets.token_urlsafe(24),
+            credential=credential,
+            credential_expires_at=credential_expires_at,
+            refresh_token=refresh_token,
+            id_token=id_token,
+            expires_at=moment + timedelta(seconds=self.settings.console_session_ttl_s),
         )
-    except (ValueError, KeyError, TypeError):
-        return None
-    if session.expires <= (time.time() if now is None else now):
-        return None
-    if session.principal.via == "token":
-        # Still one of API_TOKENS, in development mode (every one compared, as for a
-        # bearer token).
-        known = [token_digest(token).encode() for token in settings.token_values()]
-        if not settings.dev_mode or not matches_any(session.token_digest, known):
+        async with self.sessions() as db, db.begin():
+            # Sessions past their expiry are of no use to anyone: dropped on each sign-in.
+            await db.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= moment))
+            db.add(row)
+        return cookie, _session(row)
+
+    async def read(self, cookie: str, now: datetime | None = None) -> Session | None:
+        """The live session of a cookie, or None (unknown, ended, expired, token gone)."""
+        if not cookie:
             return None
+        async with self.sessions() as db:
+            row = await db.get(ConsoleSession, _hash(cookie))
+        if row is None:
+            return None
+        session = _session(row)
+        if session.expires_at <= (now or datetime.now(UTC)):
+            return None
+        if session.principal.via == "token" and not dev_token_is_valid(
+            self.settings, session.credential
+        ):
+            return None
+        return session
+
+    async def renew(self, session: Session, **changes: object) -> Session:
+        """Store new tokens (and the role they carry) after a refresh."""
+        renewed = replace(session, **changes)  # type: ignore[arg-type]
+        async with self.sessions() as db, db.begin():
+            row = await db.get(ConsoleSession, session.id_hash)
+            if row is not None:
+                row.role = renewed.principal.role.value
+                row.credential = renewed.credential
+                row.credential_expires_at = renewed.credential_expires_at
+                row.refresh_token = renewed.refresh_token
+                row.id_token = renewed.id_token
+        return renewed
+
+    async def close(self, cookie: str) -> Session | None:
+        """End the session now; the ended session (for the provider's sign-out), if any."""
+        if not cookie:
+            return None
+        async with self.sessions() as db, db.begin():
+            row = await db.scalar(
+                delete(ConsoleSession)
+                .where(ConsoleSession.id_hash == _hash(cookie))
+                .returning(ConsoleSession)
+            )
+            return _session(row) if row is not None else None
+
+
+async def request_session(request: Request) -> Session | None:
+    """The request's console session (read once per request), or None."""
+    if hasattr(request.state, "console_session"):
+        found: Session | None = request.state.console_session
+        return found
+    store: ConsoleSessions | None = getattr(request.app.state, "console_sessions", None)
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    session = await store.read(cookie) if store is not None and cookie else None
+    request.state.console_session = session
     return session
-
-
-def request_session(request: Request) -> Session | None:
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
-    return read_session(request.app.state.runtime.settings, cookie)
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:

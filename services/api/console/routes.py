@@ -15,11 +15,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from shared.auth import (
     SESSION_COOKIE,
+    ConsoleSessions,
+    Principal,
     Session,
     csrf_ok,
     dev_token_is_valid,
     dev_token_principal,
-    new_session,
     request_session,
     sign_value,
     unsign_value,
@@ -106,7 +107,7 @@ def _to_sign_in() -> RedirectResponse:
 
 @router.get("/sign-in")
 async def sign_in_form(request: Request) -> Response:
-    if request_session(request) is not None:
+    if await request_session(request) is not None:
         return RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
     return _sign_in_page(request)
 
@@ -126,12 +127,20 @@ async def sign_in(request: Request) -> Response:
     token = form.get("token", "")
     if not token or not dev_token_is_valid(settings, token):
         return _sign_in_page(request, status.HTTP_401_UNAUTHORIZED, "That token is not valid.")
-    cookie, _ = new_session(settings, dev_token_principal(token), token=token)
+    return await _signed_in(request, dev_token_principal(token), token)
+
+
+async def _signed_in(
+    request: Request, principal: Principal, credential: str, **tokens: Any
+) -> Response:
+    """Open a session for `principal` and send the browser to the mailings."""
+    store: ConsoleSessions = request.app.state.console_sessions
+    cookie, _ = await store.open(principal, credential, **tokens)
     response = RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         SESSION_COOKIE,
         cookie,
-        max_age=settings.console_session_ttl_s,
+        max_age=request.app.state.runtime.settings.console_session_ttl_s,
         httponly=True,
         samesite="strict",
         secure=_secure(request),
@@ -143,7 +152,7 @@ async def sign_in(request: Request) -> Response:
 
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
-    session = request_session(request)
+    session = await request_session(request)
     form = await _form(request)
     if session is not None and not csrf_ok(session, form.get("csrf")):
         return _render(
@@ -154,13 +163,16 @@ async def sign_out(request: Request) -> Response:
             message="The sign-out form came without its CSRF token: use the button.",
             session=session,
         )
+    if session is not None:
+        store: ConsoleSessions = request.app.state.console_sessions
+        await store.close(request.cookies.get(SESSION_COOKIE, ""))
     response = _to_sign_in()
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 
-def _page(request: Request, template: str, page: str, **context: Any) -> Response:
-    session: Session | None = request_session(request)
+async def _page(request: Request, template: str, page: str, **context: Any) -> Response:
+    session: Session | None = await request_session(request)
     if session is None:
         return _to_sign_in()
     return _render(template, page=page, session=session, **context)
@@ -168,19 +180,19 @@ def _page(request: Request, template: str, page: str, **context: Any) -> Respons
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    if request_session(request) is None:
+    if await request_session(request) is None:
         return _to_sign_in()
     return RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/mailings")
 async def mailings_page(request: Request) -> Response:
-    return _page(request, "mailings.html", "mailings", title="Mailings")
+    return await _page(request, "mailings.html", "mailings", title="Mailings")
 
 
 @router.get("/mailings/new")
 async def new_mailing_page(request: Request) -> Response:
-    return _page(
+    return await _page(
         request,
         "mailing_form.html",
         "mailing-form",
@@ -192,14 +204,14 @@ async def new_mailing_page(request: Request) -> Response:
 
 @router.get("/mailings/{mailing_id}")
 async def mailing_page(request: Request, mailing_id: int) -> Response:
-    return _page(
+    return await _page(
         request, "mailing.html", "mailing", title=f"Mailing {mailing_id}", mailing_id=mailing_id
     )
 
 
 @router.get("/mailings/{mailing_id}/edit")
 async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
-    return _page(
+    return await _page(
         request,
         "mailing_form.html",
         "mailing-form",
@@ -211,9 +223,9 @@ async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
 
 @router.get("/clients")
 async def clients_page(request: Request) -> Response:
-    return _page(request, "clients.html", "clients", title="Clients", zones=zones())
+    return await _page(request, "clients.html", "clients", title="Clients", zones=zones())
 
 
 @router.get("/reports")
 async def reports_page(request: Request) -> Response:
-    return _page(request, "reports.html", "reports", title="Reports")
+    return await _page(request, "reports.html", "reports", title="Reports")
