@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     scheduler_port: int = Field(default=8001, ge=1, le=65535)
     dispatcher_port: int = Field(default=8002, ge=1, le=65535)
     reporter_port: int = Field(default=8003, ge=1, le=65535)
+    # Where the API's console reaches the reporter (the Reports page's preview and
+    # send-now); unset: this host's REPORTER_PORT.
+    reporter_url: AnyHttpUrl | None = None
     # Development mode (`make dev` and the tests set it): the static API_TOKENS are
     # accepted, each as `admin`, and the console may sign sessions with a per-process
     # key. Off (the default), a service with an HTTP action refuses to start with
@@ -310,6 +313,13 @@ class Settings(BaseSettings):
                 f"(PROVIDER_TIMEOUT_S={timeout:g} + SENDING_LEASE_MARGIN_S={margin:g})"
             )
         return value
+
+    @property
+    def reporter_base_url(self) -> str:
+        if self.reporter_url is not None:
+            return str(self.reporter_url).rstrip("/")
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host  # noqa: S104
+        return f"http://{host}:{self.reporter_port}"
 
     @property
     def reports_enabled(self) -> bool:

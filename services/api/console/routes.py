@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
-from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from services.api.console.pages import (
+    form_fields,
+    is_secure,
+    render,
+    to_sign_in,
+    zones,
+)
 from shared.auth import (
     SESSION_COOKIE,
     ConsoleSessions,
@@ -26,83 +28,25 @@ from shared.auth import (
     unsign_value,
 )
 
-HERE = Path(__file__).resolve().parent
-STATIC = HERE / "static"
 SIGN_IN_CSRF_COOKIE = "console_signin_csrf"
-# The form carrying a token is small; anything larger is not ours.
-FORM_MAX_BYTES = 8192
-# No script, style or image from anywhere but this service; no framing.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
-_templates = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-
-PAGES = {
-    "mailings": "Mailings",
-    "clients": "Clients",
-    "reports": "Reports",
-}
-
-
-@lru_cache(maxsize=1)
-def zones() -> list[str]:
-    return sorted(available_timezones())
-
-
-def _render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(pages=PAGES, **context)
-    return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
-
-
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > FORM_MAX_BYTES:
-        return {}
-    try:
-        parsed = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return {key: values[0] for key, values in parsed.items()}
 
 
 def _sign_in_page(request: Request, code: int = 200, error: str | None = None) -> HTMLResponse:
     """The form with a fresh CSRF value, mirrored in a signed cookie (double submit)."""
     settings = request.app.state.runtime.settings
     csrf = secrets.token_urlsafe(24)
-    response = _render(
-        "sign_in.html", code, csrf=csrf, error=error, page="sign-in", title="Sign in"
-    )
+    response = render("sign_in.html", code, csrf=csrf, error=error, page="sign-in", title="Sign in")
     response.set_cookie(
         SIGN_IN_CSRF_COOKIE,
         sign_value(settings, csrf),
         httponly=True,
         samesite="strict",
-        secure=_secure(request),
+        secure=is_secure(request),
         path="/console/",
     )
     return response
-
-
-def _to_sign_in() -> RedirectResponse:
-    return RedirectResponse("/console/sign-in", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/sign-in")
@@ -115,7 +59,7 @@ async def sign_in_form(request: Request) -> Response:
 @router.post("/sign-in")
 async def sign_in(request: Request) -> Response:
     settings = request.app.state.runtime.settings
-    form = await _form(request)
+    form = await form_fields(request)
     expected = unsign_value(settings, request.cookies.get(SIGN_IN_CSRF_COOKIE, ""))
     given = form.get("csrf", "")
     if expected is None or not secrets.compare_digest(given.encode(), expected.encode()):
@@ -143,7 +87,7 @@ async def _signed_in(
         max_age=request.app.state.runtime.settings.console_session_ttl_s,
         httponly=True,
         samesite="strict",
-        secure=_secure(request),
+        secure=is_secure(request),
         path="/",
     )
     response.delete_cookie(SIGN_IN_CSRF_COOKIE, path="/console/")
@@ -153,9 +97,9 @@ async def _signed_in(
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
     session = await request_session(request)
-    form = await _form(request)
+    form = await form_fields(request)
     if session is not None and not csrf_ok(session, form.get("csrf")):
-        return _render(
+        return render(
             "message.html",
             status.HTTP_403_FORBIDDEN,
             page="error",
@@ -166,7 +110,7 @@ async def sign_out(request: Request) -> Response:
     if session is not None:
         store: ConsoleSessions = request.app.state.console_sessions
         await store.close(request.cookies.get(SESSION_COOKIE, ""))
-    response = _to_sign_in()
+    response = to_sign_in()
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
@@ -174,14 +118,14 @@ async def sign_out(request: Request) -> Response:
 async def _page(request: Request, template: str, page: str, **context: Any) -> Response:
     session: Session | None = await request_session(request)
     if session is None:
-        return _to_sign_in()
-    return _render(template, page=page, session=session, **context)
+        return to_sign_in()
+    return render(template, page=page, session=session, **context)
 
 
 @router.get("/")
 async def home(request: Request) -> Response:
     if await request_session(request) is None:
-        return _to_sign_in()
+        return to_sign_in()
     return RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -224,8 +168,3 @@ async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
 @router.get("/clients")
 async def clients_page(request: Request) -> Response:
     return await _page(request, "clients.html", "clients", title="Clients", zones=zones())
-
-
-@router.get("/reports")
-async def reports_page(request: Request) -> Response:
-    return await _page(request, "reports.html", "reports", title="Reports")
