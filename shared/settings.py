@@ -318,7 +318,7 @@ class Settings(BaseSettings):
     def reporter_base_url(self) -> str:
         if self.reporter_url is not None:
             return str(self.reporter_url).rstrip("/")
-        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host  # noqa: S104
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
         return f"http://{host}:{self.reporter_port}"
 
     @property

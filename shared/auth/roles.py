@@ -27,8 +27,8 @@ class Role(StrEnum):
     def rank(self) -> int:
         return list(Role).index(self)
 
-    def allows(self, needed: Role) -> bool:
-        return self.rank >= needed.rank
+    def allows(self, needed: Role | str) -> bool:
+        return self.rank >= Role(needed).rank
 
 
 def highest_role(names: Iterable[str]) -> Role | None:
@@ -55,7 +55,7 @@ class Principal:
     via: Via
     subject: str = ""
 
-    def may(self, needed: Role) -> bool:
+    def may(self, needed: Role | str) -> bool:
         return self.role.allows(needed)
 
 

@@ -19,6 +19,7 @@ from shared.auth import (
     SESSION_COOKIE,
     ConsoleSessions,
     Principal,
+    Role,
     Session,
     csrf_ok,
     dev_token_is_valid,
@@ -115,10 +116,21 @@ async def sign_out(request: Request) -> Response:
     return response
 
 
-async def _page(request: Request, template: str, page: str, **context: Any) -> Response:
+async def _page(
+    request: Request, template: str, page: str, needs: Role = Role.VIEWER, **context: Any
+) -> Response:
     session: Session | None = await request_session(request)
     if session is None:
         return to_sign_in()
+    if not session.principal.may(needs):
+        return render(
+            "message.html",
+            status.HTTP_403_FORBIDDEN,
+            page="error",
+            title="Not for your role",
+            message=f"This page needs the {needs} role; you are {session.principal.role}.",
+            session=session,
+        )
     return render(template, page=page, session=session, **context)
 
 
@@ -141,6 +153,7 @@ async def new_mailing_page(request: Request) -> Response:
         "mailing_form.html",
         "mailing-form",
         title="New mailing",
+        needs=Role.OPERATOR,
         mailing_id=None,
         zones=zones(),
     )
@@ -160,6 +173,7 @@ async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
         "mailing_form.html",
         "mailing-form",
         title=f"Edit mailing {mailing_id}",
+        needs=Role.OPERATOR,
         mailing_id=mailing_id,
         zones=zones(),
     )
