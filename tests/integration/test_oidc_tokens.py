@@ -66,7 +66,8 @@ async def test_the_preset_users_sign_in_with_their_role(
     keycloak: Keycloak, verifier: OidcVerifier, role: str
 ) -> None:
     claims = await verifier.verify(keycloak.password_token(role))
-    assert (claims.name, claims.roles) == (role, {role})
+    assert claims.name == role
+    assert claims.roles == {role}
 
 
 async def test_the_console_client_and_the_endpoints_it_needs(
@@ -81,7 +82,7 @@ async def test_the_console_client_and_the_endpoints_it_needs(
     # authorization code with PKCE: any loopback port under /console/, nothing else
     async with httpx.AsyncClient() as http:
 
-        async def authorize(redirect_uri: str, **extra: str) -> int:
+        async def authorize(redirect_uri: str, **extra: str) -> httpx.Response:
             params = {
                 "client_id": "notifications-console",
                 "response_type": "code",
@@ -89,19 +90,25 @@ async def test_the_console_client_and_the_endpoints_it_needs(
                 "redirect_uri": redirect_uri,
                 **extra,
             }
-            response = await http.get(document["authorization_endpoint"], params=params)
-            return response.status_code
+            return await http.get(document["authorization_endpoint"], params=params)
+
+        async def status(redirect_uri: str, **extra: str) -> int:
+            return (await authorize(redirect_uri, **extra)).status_code
 
         pkce = {"code_challenge": b64(hashlib.sha256(b"v" * 43).digest())}
         s256 = {**pkce, "code_challenge_method": "S256"}
-        assert await authorize("http://127.0.0.1:43117/console/auth/callback", **s256) == 200
-        assert await authorize("http://localhost:8000/console/auth/callback", **s256) == 200
-        assert await authorize("http://evil.example:8000/console/auth/callback", **s256) == 400
-        assert await authorize("http://127.0.0.1:8000/other/callback", **s256) == 400
-        # without PKCE (or with the plain method) the login page is not shown
-        assert await authorize("http://127.0.0.1:8000/console/auth/callback") == 400
+        assert await status("http://127.0.0.1:43117/console/auth/callback", **s256) == 200
+        assert await status("http://localhost:8000/console/auth/callback", **s256) == 200
+        assert await status("http://evil.example:8000/console/auth/callback", **s256) == 400
+        assert await status("http://127.0.0.1:8000/other/callback", **s256) == 400
+        # without PKCE, or with the plain method, no login page: the error goes back
         plain = {**pkce, "code_challenge_method": "plain"}
-        assert await authorize("http://127.0.0.1:8000/console/auth/callback", **plain) == 400
+        for extra in ({}, plain):
+            refused = await authorize("http://127.0.0.1:8000/console/auth/callback", **extra)
+            assert refused.status_code == 302
+            location = refused.headers["location"]
+            assert location.startswith("http://127.0.0.1:8000/console/auth/callback?")
+            assert "error=invalid_request" in location
 
 
 async def test_an_expired_token_is_refused_past_the_skew(
