@@ -82,6 +82,26 @@ class Settings(BaseSettings):
     # reading it; a route for streamed uploads may set a limit of its own.
     api_max_body_bytes: PositiveInt = 1_048_576
 
+    # --- sign-in through an OpenID Connect provider (docs/identity.md) ----------------
+    # The issuer URL exactly as the provider writes it into `iss` (Keycloak:
+    # http://host:port/realms/<realm>); unset: no provider. Its discovery document is
+    # read from OIDC_DISCOVERY_URL (default: <issuer>/.well-known/openid-configuration),
+    # for a provider this service reaches under another address than the browsers do.
+    oidc_issuer: str | None = None
+    oidc_discovery_url: str | None = None
+    oidc_audience: str = "notifications-api"
+    oidc_clock_skew_s: float = Field(default=30.0, ge=0, le=300)
+    # Where a token lists its roles (a dotted path into the claims), and the provider's
+    # names of our three roles.
+    oidc_roles_claim: str = "realm_access.roles"
+    oidc_role_viewer: str = "viewer"
+    oidc_role_operator: str = "operator"
+    oidc_role_admin: str = "admin"
+    # A token signed by a key not in the cached key set refetches the set at most this
+    # often, and each request to the provider gives up after OIDC_HTTP_TIMEOUT_S.
+    oidc_jwks_min_refresh_s: float = Field(default=10.0, ge=0, le=3600)
+    oidc_http_timeout_s: PositiveFloat = 5.0
+
     # --- external SMS gateway -------------------------------------------------------
     provider_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8090/v1")
     provider_token: SecretStr = SecretStr("sandbox-token")
@@ -188,6 +208,34 @@ class Settings(BaseSettings):
                 raise ValueError("give at least one token (comma-separated)")
             return tokens
         return value
+
+    @field_validator("oidc_issuer", "oidc_discovery_url", mode="before")
+    @classmethod
+    def _check_oidc_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            return value
+        url = value.strip()
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest or rest.startswith("/"):
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        return url
+
+    @field_validator("oidc_audience", "oidc_role_viewer", "oidc_role_operator", "oidc_role_admin")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("oidc_roles_claim")
+    @classmethod
+    def _check_claim_path(cls, value: str) -> str:
+        path = value.strip()
+        if not path or any(not part for part in path.split(".")):
+            raise ValueError(f"not a dotted claim path: {value!r} (e.g. realm_access.roles)")
+        return path
 
     @field_validator("log_file", mode="before")
     @classmethod
@@ -324,6 +372,11 @@ class Settings(BaseSettings):
     @property
     def reports_enabled(self) -> bool:
         return bool(self.report_recipients)
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """A provider is configured (OIDC_ISSUER is set)."""
+        return self.oidc_issuer is not None
 
     def token_values(self) -> list[str]:
         return [token.get_secret_value() for token in self.api_tokens]

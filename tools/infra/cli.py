@@ -1,4 +1,5 @@
-"""The command line: ``python -m tools.infra run -- CMD`` and ``fetch-kafka``."""
+"""The command line: ``python -m tools.infra run [--keycloak] -- CMD``, ``fetch-kafka``
+and ``fetch-keycloak``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING
 from tools.infra.base import EXIT_INFRA_FAILED, LOCALHOST, InfraError, log
 from tools.infra.kafka import KafkaServer
 from tools.infra.kafka_jvm import KAFKA_VERSION, fetch_kafka, kafka_jar_version
+from tools.infra.keycloak import KeycloakServer
+from tools.infra.keycloak_dist import KEYCLOAK_VERSION
 from tools.infra.postgres import PostgresServer, postgres_version, run_migrations
 from tools.infra.process import start_together
 
@@ -69,18 +72,19 @@ def _finish_child(child: subprocess.Popen[bytes], code: int) -> int:
     return code
 
 
-def _cmd_run(workdir_arg: str | None, command: Sequence[str]) -> int:
+def _cmd_run(workdir_arg: str | None, command: Sequence[str], with_keycloak: bool = False) -> int:
     if not command:
-        _say("usage: python -m tools.infra run [--workdir DIR] -- CMD ARGS...")
+        _say("usage: python -m tools.infra run [--workdir DIR] [--keycloak] -- CMD ARGS...")
         return 2
     created = workdir_arg is None
     workdir = Path(workdir_arg or tempfile.mkdtemp(prefix="notifications-infra-")).absolute()
     if created:
         workdir.chmod(0o711)  # PostgreSQL may run as another user: let it traverse
     env = dict(os.environ)
-    servers: list[KafkaServer | PostgresServer] = []
+    servers: list[KafkaServer | PostgresServer | KeycloakServer] = []
     pg: PostgresServer | None = None
     kafka: KafkaServer | None = None
+    keycloak: KeycloakServer | None = None
     try:
         database_url = os.environ.get("DATABASE_URL")
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
@@ -101,6 +105,11 @@ def _cmd_run(workdir_arg: str | None, command: Sequence[str]) -> int:
         else:
             kafka = KafkaServer(workdir / "kafka")
             servers.append(kafka)
+        if with_keycloak and os.environ.get("KEYCLOAK_URL"):
+            _say(f"using external Keycloak at {os.environ['KEYCLOAK_URL']} from KEYCLOAK_URL")
+        elif with_keycloak:
+            keycloak = KeycloakServer(workdir / "keycloak")
+            servers.append(keycloak)
         started = time.monotonic()
         try:
             start_together(servers)
@@ -116,6 +125,13 @@ def _cmd_run(workdir_arg: str | None, command: Sequence[str]) -> int:
             database_url = pg.url
             pg_version = pg.description
             _say(f"{pg.description} at {LOCALHOST}:{pg.port} (workdir {pg.workdir})")
+        if keycloak is not None:
+            env.update(
+                KEYCLOAK_URL=keycloak.url,
+                OIDC_ISSUER=keycloak.issuer,
+                INFRA_KEYCLOAK_VERSION=keycloak.description,
+            )
+            _say(f"{keycloak.description} at {keycloak.url}, issuer {keycloak.issuer}")
         if servers:
             _say(f"ready in {elapsed:.1f}s")
         assert database_url is not None
@@ -161,9 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "set), migrate, run CMD, stop; exit with CMD's code",
     )
     run.add_argument("--workdir", help="keep data and logs here (default: a temp dir, removed)")
+    run.add_argument(
+        "--keycloak",
+        action="store_true",
+        help="also start Keycloak (unless KEYCLOAK_URL is set); CMD gets KEYCLOAK_URL and "
+        "OIDC_ISSUER",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     fetch = sub.add_parser("fetch-kafka", help="only download and cache the Kafka jars")
     fetch.add_argument("--version", default=KAFKA_VERSION)
+    sub.add_parser(
+        "fetch-keycloak",
+        help=f"only download, build and seed Keycloak {KEYCLOAK_VERSION} (start, stop)",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -182,7 +208,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INFRA_FAILED
         _say(f"Apache Kafka {kafka_jar_version(libs) or args.version} jars in {libs}")
         return 0
+    if args.command == "fetch-keycloak":
+        return _fetch_keycloak()
     command: list[str] = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
-    return _cmd_run(args.workdir, command)
+    return _cmd_run(args.workdir, command, with_keycloak=args.keycloak)
+
+
+def _fetch_keycloak() -> int:
+    """Everything a later start reuses: the download, the build, the seed (and the AOT
+    cache): made by starting a server once; says how long a cached start takes."""
+    with tempfile.TemporaryDirectory(prefix="notifications-keycloak-") as scratch:
+        server = KeycloakServer(Path(scratch))
+        try:
+            server.start()
+        except InfraError as exc:
+            _say(f"error: {exc}")
+            return EXIT_INFRA_FAILED
+        finally:
+            rss = server.rss_bytes()
+            server.stop()
+    memory = f", {rss / 2**20:.0f} MiB RSS" if rss else ""
+    _say(f"{server.description} ready in {server.start_seconds or 0:.1f}s{memory}")
+    return 0

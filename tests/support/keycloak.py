@@ -1,0 +1,230 @@
+"""The session's Keycloak (the `keycloak` fixture) and helpers that ask it for tokens or
+change it through its admin REST API.
+
+The fixture starts Keycloak (tools/infra/keycloak.py) the first time a test asks for it,
+once per run; with KEYCLOAK_URL set it uses that server instead (it must have the
+realm of deploy/keycloak/notifications-realm.json and the admin/admin administrator).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tools.infra.keycloak import ADMIN_PASSWORD, ADMIN_USER, PRESET_USERS, REALM, KeycloakServer
+
+ROLES = ("viewer", "operator", "admin")
+AUDIENCE = "notifications-api"
+
+
+def audience_mapper(audience: str = AUDIENCE) -> dict[str, Any]:
+    return {
+        "name": f"audience {audience}",
+        "protocol": "openid-connect",
+        "protocolMapper": "oidc-audience-mapper",
+        "config": {
+            "included.custom.audience": audience,
+            "access.token.claim": "true",
+            "id.token.claim": "false",
+        },
+    }
+
+
+@dataclass
+class Keycloak:
+    """A running Keycloak with the notifications realm."""
+
+    url: str
+    realm: str = REALM
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+
+    @property
+    def issuer(self) -> str:
+        return self.issuer_of(self.realm)
+
+    def issuer_of(self, realm: str) -> str:
+        return f"{self.url}/realms/{realm}"
+
+    def token_endpoint(self, realm: str | None = None) -> str:
+        return f"{self.issuer_of(realm or self.realm)}/protocol/openid-connect/token"
+
+    # ---- tokens
+    def client_token(
+        self, role: str, *, client_id: str | None = None, secret: str | None = None
+    ) -> str:
+        """A client-credentials access token of the preset client for ``role``
+        (``notifications-ci-<role>``, secret ``ci-<role>-secret``), or of another client."""
+        return self.grant(
+            {
+                "grant_type": "client_credentials",
+                "client_id": client_id or f"notifications-ci-{role}",
+                "client_secret": secret or f"ci-{role}-secret",
+            }
+        )
+
+    def password_token(self, user: str, password: str | None = None) -> str:
+        """A preset user's access token by the password grant, through a client that
+        exists for the tests only (the realm's own clients do not allow this grant)."""
+        client_id = self.ensure_client(
+            "notifications-test-password",
+            publicClient=True,
+            directAccessGrantsEnabled=True,
+            standardFlowEnabled=False,
+            protocolMappers=[audience_mapper()],
+        )[1]
+        passwords = {name: secret for name, secret, _ in PRESET_USERS}
+        return self.grant(
+            {
+                "grant_type": "password",
+                "client_id": client_id,
+                "username": user,
+                "password": password or passwords[user],
+                "scope": "openid",
+            }
+        )
+
+    def grant(self, form: dict[str, str], realm: str | None = None) -> str:
+        response = self.http.post(self.token_endpoint(realm), data=form)
+        assert response.status_code == 200, response.text
+        token: str = response.json()["access_token"]
+        return token
+
+    # ---- the admin REST API
+    def admin_headers(self) -> dict[str, str]:
+        response = self.http.post(
+            f"{self.url}/realms/master/protocol/openid-connect/token",
+            data={
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": ADMIN_USER,
+                "password": ADMIN_PASSWORD,
+            },
+        )
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+    def admin(self, method: str, path: str, realm: str | None = None, **kwargs: Any) -> Any:
+        base = f"{self.url}/admin/realms"
+        target = f"{base}/{realm or self.realm}{path}" if realm != "" else f"{base}{path}"
+        response = self.http.request(method, target, headers=self.admin_headers(), **kwargs)
+        assert response.status_code < 300, f"{method} {target}: {response.text}"
+        return response.json() if response.content else None
+
+    def ensure_client(
+        self, client_id: str, realm: str | None = None, **representation: Any
+    ) -> tuple[str, str]:
+        """Create the client unless it exists: (its internal id, its client id)."""
+        found = self.admin("GET", "/clients", realm, params={"clientId": client_id})
+        if not found:
+            self.admin(
+                "POST",
+                "/clients",
+                realm,
+                json={"clientId": client_id, "enabled": True, **representation},
+            )
+            found = self.admin("GET", "/clients", realm, params={"clientId": client_id})
+        return found[0]["id"], client_id
+
+    def machine_client(
+        self, role: str, *, audience: bool = True, realm: str | None = None
+    ) -> tuple[str, str]:
+        """A new confidential client with a service account holding ``role``:
+        (client id, secret). Without ``audience`` it lacks the notifications-api mapper."""
+        client_id = f"test-{role}-{uuid.uuid4().hex[:8]}"
+        secret = uuid.uuid4().hex
+        internal, _ = self.ensure_client(
+            client_id,
+            realm,
+            publicClient=False,
+            secret=secret,
+            serviceAccountsEnabled=True,
+            standardFlowEnabled=False,
+            directAccessGrantsEnabled=False,
+            protocolMappers=[audience_mapper()] if audience else [],
+        )
+        user = self.admin("GET", f"/clients/{internal}/service-account-user", realm)
+        role_rep = self.admin("GET", f"/roles/{role}", realm)
+        self.admin("POST", f"/users/{user['id']}/role-mappings/realm", realm, json=[role_rep])
+        return client_id, secret
+
+    def create_realm(self, name: str) -> None:
+        """An empty realm with our three roles (for tests that change its keys)."""
+        self.admin(
+            "POST",
+            "",
+            "",
+            json={
+                "realm": name,
+                "enabled": True,
+                "roles": {"realm": [{"name": role} for role in ROLES]},
+            },
+        )
+
+    def signing_kids(self, realm: str | None = None) -> list[str]:
+        """The realm's active RS256 signing keys, highest priority first."""
+        keys = self.admin("GET", "/keys", realm)["keys"]
+        active = [
+            k
+            for k in keys
+            if k.get("algorithm") == "RS256" and k.get("use") == "SIG" and k["status"] == "ACTIVE"
+        ]
+        return [k["kid"] for k in sorted(active, key=lambda k: -int(k.get("providerPriority", 0)))]
+
+    def rotate_keys(self, realm: str | None = None) -> str:
+        """Add a new rsa-generated key provider above the others, disable the old RS256
+        providers; returns the new signing key's id."""
+        realm_id = self.admin("GET", "", realm)["id"]
+        kind = "org.keycloak.keys.KeyProvider"
+        old = [
+            c
+            for c in self.admin("GET", "/components", realm, params={"type": kind})
+            if c["providerId"] in ("rsa-generated", "rsa")
+            and c.get("config", {}).get("algorithm", ["RS256"]) == ["RS256"]
+        ]
+        priority = 1 + max((int(c["config"].get("priority", ["0"])[0]) for c in old), default=100)
+        self.admin(
+            "POST",
+            "/components",
+            realm,
+            json={
+                "name": f"rsa-rotated-{uuid.uuid4().hex[:6]}",
+                "providerId": "rsa-generated",
+                "providerType": kind,
+                "parentId": realm_id,
+                "config": {
+                    "priority": [str(priority)],
+                    "keySize": ["2048"],
+                    "algorithm": ["RS256"],
+                    "active": ["true"],
+                    "enabled": ["true"],
+                },
+            },
+        )
+        for component in old:
+            component["config"]["enabled"] = ["false"]
+            self.admin("PUT", f"/components/{component['id']}", realm, json=component)
+        kids = self.signing_kids(realm)
+        assert len(kids) == 1, kids
+        return kids[0]
+
+
+@pytest.fixture(scope="session")
+def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keycloak]:
+    """The session's Keycloak, started on first use (or KEYCLOAK_URL's)."""
+    url = os.environ.get("KEYCLOAK_URL")
+    if url:
+        yield Keycloak(url.rstrip("/"))
+        return
+    server = KeycloakServer(tmp_path_factory.mktemp("keycloak"))
+    try:
+        server.start()
+        os.environ["INFRA_KEYCLOAK_VERSION"] = server.description
+        yield Keycloak(server.url)
+    finally:
+        server.stop()
