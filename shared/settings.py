@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # A token signed by a key not in the cached key set refetches the set at most this
     # often, and each request to the provider gives up after OIDC_HTTP_TIMEOUT_S.
     oidc_jwks_min_refresh_s: float = Field(default=10.0, ge=0, le=3600)
+    # The console's client at the provider (authorization code with PKCE; a public
+    # client unless OIDC_CONSOLE_CLIENT_SECRET is set) and the scopes it asks for.
+    oidc_console_client_id: str = "notifications-console"
+    oidc_console_client_secret: SecretStr | None = None
+    oidc_console_scopes: str = "openid profile"
     oidc_http_timeout_s: PositiveFloat = 5.0
 
     # --- external SMS gateway -------------------------------------------------------

@@ -9,9 +9,11 @@ from starlette.staticfiles import StaticFiles
 
 from services.api import console, errors
 from services.api.body_limit import BodyLimitMiddleware
+from services.api.console.provider_login import TokenRefresh
 from services.api.routes import clients, control, mailings
 from shared.asyncapi import Published
 from shared.auth import ConsoleSessions
+from shared.auth.checks import install_bearer_checks
 from shared.logging import get_logger
 from shared.service import create_service_app
 from shared.settings import refuse_unsafe_credentials
@@ -49,7 +51,13 @@ def wire(runtime: Runtime) -> Start:
 
     async def start(app: FastAPI) -> None:
         app.state.relay = relay
-        app.state.console_sessions = ConsoleSessions(runtime.settings, runtime.sessions)
+        install_bearer_checks(app, runtime)
+        oidc = getattr(app.state, "oidc", None)
+        app.state.console_sessions = ConsoleSessions(
+            runtime.settings,
+            runtime.sessions,
+            refresher=TokenRefresh(runtime.settings, oidc) if oidc is not None else None,
+        )
         runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
 
     return start

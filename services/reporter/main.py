@@ -11,6 +11,7 @@ from services.reporter import daily, reconcile
 from services.reporter.counters import Counters
 from services.reporter.handlers import subscribe
 from services.reporter.routes import reports
+from shared.auth.checks import install_bearer_checks
 from shared.logging import get_logger
 from shared.service import create_service_app
 from shared.settings import refuse_unsafe_credentials
@@ -79,6 +80,7 @@ def wire(runtime: Runtime, *, start_reports: Setup) -> Start:
     subscribe(runtime, counters)
 
     async def start(app: FastAPI) -> None:
+        install_bearer_checks(app, runtime)
         runtime.spawn(
             _maintain(counters, settings, runtime.broker_started), name="counter-maintenance"
         )

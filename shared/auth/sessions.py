@@ -17,9 +17,9 @@ import base64
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi import HTTPException, status
 from sqlalchemy import delete
@@ -129,12 +129,26 @@ def _session(row: ConsoleSession) -> Session:
     )
 
 
+class Refresher(Protocol):
+    """Renews a session's credential before it expires (the identity provider's)."""
+
+    def due(self, session: Session, now: datetime) -> bool: ...
+
+    async def __call__(self, session: Session) -> Session | None: ...
+
+
 class ConsoleSessions:
     """Open, read, renew and close console sessions in the database."""
 
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        refresher: Refresher | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.refresher = refresher
 
     async def open(
         self,
@@ -169,34 +183,41 @@ class ConsoleSessions:
         return cookie, _session(row)
 
     async def read(self, cookie: str, now: datetime | None = None) -> Session | None:
-        """The live session of a cookie, or None (unknown, ended, expired, token gone)."""
+        """The live session of a cookie, or None (unknown, ended, expired, token gone).
+        A credential about to expire is renewed first; if it cannot be, the session ends."""
         if not cookie:
             return None
+        moment = now or datetime.now(UTC)
         async with self.sessions() as db:
             row = await db.get(ConsoleSession, _hash(cookie))
         if row is None:
             return None
         session = _session(row)
-        if session.expires_at <= (now or datetime.now(UTC)):
+        if session.expires_at <= moment:
             return None
         if session.principal.via == "token" and not dev_token_is_valid(
             self.settings, session.credential
         ):
             return None
+        if self.refresher is not None and self.refresher.due(session, moment):
+            renewed = await self.refresher(session)
+            if renewed is None:
+                await self.close(cookie)
+                return None
+            await self.renew(renewed)
+            return renewed
         return session
 
-    async def renew(self, session: Session, **changes: object) -> Session:
-        """Store new tokens (and the role they carry) after a refresh."""
-        renewed = replace(session, **changes)  # type: ignore[arg-type]
+    async def renew(self, session: Session) -> None:
+        """Store a session's new credential (and the role it carries) after a refresh."""
         async with self.sessions() as db, db.begin():
             row = await db.get(ConsoleSession, session.id_hash)
             if row is not None:
-                row.role = renewed.principal.role.value
-                row.credential = renewed.credential
-                row.credential_expires_at = renewed.credential_expires_at
-                row.refresh_token = renewed.refresh_token
-                row.id_token = renewed.id_token
-        return renewed
+                row.role = session.principal.role.value
+                row.credential = session.credential
+                row.credential_expires_at = session.credential_expires_at
+                row.refresh_token = session.refresh_token
+                row.id_token = session.id_token
 
     async def close(self, cookie: str) -> Session | None:
         """End the session now; the ended session (for the provider's sign-out), if any."""
@@ -212,13 +233,22 @@ class ConsoleSessions:
 
 
 async def request_session(request: Request) -> Session | None:
-    """The request's console session (read once per request), or None."""
+    """The request's console session (read once per request), or None. A session opened
+    with an API key lasts only while the key does (checked like a bearer credential)."""
     if hasattr(request.state, "console_session"):
         found: Session | None = request.state.console_session
         return found
     store: ConsoleSessions | None = getattr(request.app.state, "console_sessions", None)
     cookie = request.cookies.get(SESSION_COOKIE, "")
     session = await store.read(cookie) if store is not None and cookie else None
+    if session is not None and session.principal.via == "api_key":
+        for check in getattr(request.app.state, "bearer_checks", []):
+            if check.claims(session.credential):
+                try:
+                    await check.principal(session.credential)
+                except HTTPException:
+                    session = None
+                break
     request.state.console_session = session
     return session
 

@@ -6,6 +6,7 @@ its token is removed."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,7 @@ async def test_renewed_tokens_and_role_are_kept(
     store = ConsoleSessions(settings, sessions)
     cookie, opened = await store.open(Principal(actor="c", role=Role.VIEWER, via="oidc"), "old")
     promoted = Principal(actor="c", role=Role.ADMIN, via="oidc")
-    await store.renew(opened, principal=promoted, credential="new", refresh_token="r2")
+    await store.renew(replace(opened, principal=promoted, credential="new", refresh_token="r2"))
     read = await store.read(cookie)
     assert read is not None
     assert (read.principal.role, read.credential, read.refresh_token) == (Role.ADMIN, "new", "r2")

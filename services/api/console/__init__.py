@@ -8,11 +8,12 @@ served from this package: nothing is loaded from another host.
 
 from fastapi import APIRouter
 
-from services.api.console import reports, routes
+from services.api.console import provider_login, reports, routes
 from services.api.console.pages import STATIC
 
 router = APIRouter()
 router.include_router(routes.router)
 router.include_router(reports.router)
+router.include_router(provider_login.router)
 
 __all__ = ["STATIC", "router"]

@@ -64,6 +64,7 @@ def _detail(response: httpx.Response) -> str:
 
 async def _page(request: Request, session: Session, code: int = 200, **result: Any) -> Response:
     return render(
+        request,
         "reports.html",
         code,
         page="reports",

@@ -5,16 +5,19 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import RedirectResponse
 
 from services.api.console.pages import (
+    SIGN_IN_CSRF_COOKIE,
     form_fields,
-    is_secure,
+    open_session,
     render,
+    sign_in_page,
     to_sign_in,
     zones,
 )
+from services.api.console.provider_login import end_session_url
 from shared.auth import (
     SESSION_COOKIE,
     ConsoleSessions,
@@ -22,39 +25,19 @@ from shared.auth import (
     Role,
     Session,
     csrf_ok,
-    dev_token_is_valid,
-    dev_token_principal,
+    principal_for,
     request_session,
-    sign_value,
     unsign_value,
 )
-
-SIGN_IN_CSRF_COOKIE = "console_signin_csrf"
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
-def _sign_in_page(request: Request, code: int = 200, error: str | None = None) -> HTMLResponse:
-    """The form with a fresh CSRF value, mirrored in a signed cookie (double submit)."""
-    settings = request.app.state.runtime.settings
-    csrf = secrets.token_urlsafe(24)
-    response = render("sign_in.html", code, csrf=csrf, error=error, page="sign-in", title="Sign in")
-    response.set_cookie(
-        SIGN_IN_CSRF_COOKIE,
-        sign_value(settings, csrf),
-        httponly=True,
-        samesite="strict",
-        secure=is_secure(request),
-        path="/console/",
-    )
-    return response
-
-
-@router.get("/sign-in")
+@router.get("/sign-in", name="sign_in_form")
 async def sign_in_form(request: Request) -> Response:
     if await request_session(request) is not None:
         return RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
-    return _sign_in_page(request)
+    return sign_in_page(request)
 
 
 @router.post("/sign-in")
@@ -64,35 +47,27 @@ async def sign_in(request: Request) -> Response:
     expected = unsign_value(settings, request.cookies.get(SIGN_IN_CSRF_COOKIE, ""))
     given = form.get("csrf", "")
     if expected is None or not secrets.compare_digest(given.encode(), expected.encode()):
-        return _sign_in_page(
+        return sign_in_page(
             request,
             status.HTTP_403_FORBIDDEN,
             "The form expired or came from elsewhere: try again.",
         )
-    token = form.get("token", "")
-    if not token or not dev_token_is_valid(settings, token):
-        return _sign_in_page(request, status.HTTP_401_UNAUTHORIZED, "That token is not valid.")
-    return await _signed_in(request, dev_token_principal(token), token)
+    token = form.get("token", "").strip()
+    principal = await _token_principal(request, token)
+    if principal is None:
+        return sign_in_page(request, status.HTTP_401_UNAUTHORIZED, "That token is not valid.")
+    return await open_session(request, principal, token)
 
 
-async def _signed_in(
-    request: Request, principal: Principal, credential: str, **tokens: Any
-) -> Response:
-    """Open a session for `principal` and send the browser to the mailings."""
-    store: ConsoleSessions = request.app.state.console_sessions
-    cookie, _ = await store.open(principal, credential, **tokens)
-    response = RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=request.app.state.runtime.settings.console_session_ttl_s,
-        httponly=True,
-        samesite="strict",
-        secure=is_secure(request),
-        path="/",
-    )
-    response.delete_cookie(SIGN_IN_CSRF_COOKIE, path="/console/")
-    return response
+async def _token_principal(request: Request, token: str) -> Principal | None:
+    """Who a pasted credential is (an API key, or a development token in development
+    mode), or None when it is refused."""
+    if not token:
+        return None
+    try:
+        return await principal_for(request, token)
+    except HTTPException:
+        return None
 
 
 @router.post("/sign-out")
@@ -101,6 +76,7 @@ async def sign_out(request: Request) -> Response:
     form = await form_fields(request)
     if session is not None and not csrf_ok(session, form.get("csrf")):
         return render(
+            request,
             "message.html",
             status.HTTP_403_FORBIDDEN,
             page="error",
@@ -108,10 +84,17 @@ async def sign_out(request: Request) -> Response:
             message="The sign-out form came without its CSRF token: use the button.",
             session=session,
         )
+    elsewhere = None
     if session is not None:
         store: ConsoleSessions = request.app.state.console_sessions
         await store.close(request.cookies.get(SESSION_COOKIE, ""))
-    response = to_sign_in()
+        elsewhere = await end_session_url(request, session)
+    # Signed out here; then at the provider too, which sends the browser back to sign-in.
+    response: Response = (
+        RedirectResponse(elsewhere, status_code=status.HTTP_303_SEE_OTHER)
+        if elsewhere
+        else to_sign_in()
+    )
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
@@ -124,6 +107,7 @@ async def _page(
         return to_sign_in()
     if not session.principal.may(needs):
         return render(
+            request,
             "message.html",
             status.HTTP_403_FORBIDDEN,
             page="error",
@@ -131,7 +115,7 @@ async def _page(
             message=f"This page needs the {needs} role; you are {session.principal.role}.",
             session=session,
         )
-    return render(template, page=page, session=session, **context)
+    return render(request, template, page=page, session=session, **context)
 
 
 @router.get("/")
