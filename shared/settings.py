@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     report_time: time = time(8, 0)
     # Empty: no scheduled report (the send-now endpoint still takes explicit addresses).
     report_recipients: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # `POST /reports/send?to=...` (admin): at most this many addresses, and only in these
+    # domains when set (comma-separated, e.g. example.com,ops.example.org; empty: any).
+    report_send_max_recipients: int = Field(default=10, ge=1, le=1000)
+    report_send_allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
     report_from: str = "notifications@localhost"
     # Most frequent failure reasons listed per mailing.
     report_top_reasons: int = Field(default=5, ge=1, le=50)
@@ -311,6 +315,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_recipients(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(email_address(address) for address in value))
+
+    @field_validator("report_send_allowed_domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower().lstrip("@") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("report_send_allowed_domains")
+    @classmethod
+    def _check_domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            email_address(f"x@{domain}")  # a ValueError naming it when it is no domain
+        return value
 
     @field_validator("report_from")
     @classmethod

@@ -415,3 +415,41 @@ async def test_plain_smtp_with_login(infra: Infra) -> None:
         assert len(server.inbox.received) == 1
     finally:
         await server.stop()
+
+
+async def test_send_now_caps_the_recipients_and_keeps_to_the_allowed_domains(
+    infra: Infra, no_report_days: None, smtp: SmtpServer
+) -> None:
+    settings = reporter_settings(
+        infra,
+        smtp.port,
+        report_send_max_recipients=2,
+        report_send_allowed_domains="example.com, ops.example.org",
+    )
+    async for client in serve(create_app(settings)):
+        many_at_once = await client.post(
+            "/reports/send",
+            params={"to": "a@example.com,b@example.com,c@example.com"},
+            headers=TOKEN,
+        )
+        assert many_at_once.status_code == 422
+        assert many_at_once.json()["detail"] == [
+            {
+                "field": "to",
+                "message": "3 addresses: at most 2 (REPORT_SEND_MAX_RECIPIENTS)",
+                "type": "value_error",
+            }
+        ]
+        elsewhere = await client.post(
+            "/reports/send", params={"to": "a@example.com,x@evil.example.net"}, headers=TOKEN
+        )
+        assert elsewhere.status_code == 422
+        assert elsewhere.json()["detail"][0]["message"].startswith(
+            "x@evil.example.net: not in an allowed domain (example.com, ops.example.org"
+        )
+        assert smtp.inbox.received == []
+        allowed = await client.post(
+            "/reports/send", params={"to": "a@example.com,b@ops.example.org"}, headers=TOKEN
+        )
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.json()["recipients"] == ["a@example.com", "b@ops.example.org"]

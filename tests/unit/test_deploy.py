@@ -44,9 +44,20 @@ from tests.support.infra import REPO
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
+# The secrets compose requires (`${VAR:?message}`): no default credential. The tests
+# read the file as an operator's `deploy/.env` with these set would.
+REQUIRED_SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "CONSOLE_SESSION_SECRET": "session-secret",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-secret",
+    "KEYCLOAK_ADMIN_PASSWORD": "keycloak-secret",
+}
+
+
 def interpolate(value: object, env: dict[str, str] | None = None) -> str:
-    """Compose's variable substitution: `${VAR}`, `${VAR:-default}`, `${VAR-default}`."""
-    env = env or {}
+    """Compose's variable substitution: `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+    `${VAR:?message}` (required)."""
+    env = REQUIRED_SECRETS if env is None else env
 
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -194,12 +205,19 @@ def test_schema_check_rejects_a_broken_file(
 # ------------------------------------------------------------------------- compose
 
 
-def test_every_variable_has_a_default() -> None:
-    """`docker compose up -d` works with no variable set: each ${VAR} has a default."""
-    references = re.findall(r"\$\{[^}]*\}", COMPOSE_FILE.read_text())
+def test_every_variable_has_a_default_except_the_secrets() -> None:
+    """`docker compose up -d` needs only the secrets (each named when missing); every
+    other ${VAR} has a default, and no secret has one."""
+    text = COMPOSE_FILE.read_text()
+    references = re.findall(r"\$\{([A-Z_]+)(:-|:\?)([^}]*)\}", text)
     assert references
-    without_default = [ref for ref in references if ":-" not in ref]
-    assert without_default == []
+    assert len(references) == text.count("${")
+    required = {name for name, operator, _ in references if operator == ":?"}
+    assert required == set(REQUIRED_SECRETS)
+    assert all(said.startswith(f"set {name}") for name, op, said in references if op == ":?")
+    assert not [name for name, op, _ in references if op == ":-" and name in REQUIRED_SECRETS]
+    with pytest.raises(ValueError, match="CONSOLE_SESSION_SECRET"):
+        interpolate("${CONSOLE_SESSION_SECRET:?set CONSOLE_SESSION_SECRET}", {})
 
 
 def test_every_long_running_service_has_a_healthcheck(
@@ -310,6 +328,11 @@ def test_environment_values_are_accepted_by_the_settings(
         clean_environment.setenv(variable, value)
     settings = load_settings()
     assert settings.database_url.startswith("postgresql+psycopg://")
+    # Not development mode, and nothing that would make a service refuse to start.
+    assert not settings.dev_mode
+    assert settings.credential_problems(signs_sessions=name == "api") == []
+    if name in ("api", "reporter"):
+        assert settings.oidc_enabled
     if name == "sandbox":
         sandbox = load_sandbox_settings([])
         assert sandbox.control_port != sandbox.port

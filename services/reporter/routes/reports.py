@@ -52,6 +52,35 @@ EXAMPLE = {
 }
 
 
+def recipient_problems(
+    recipients: list[str], most: int, domains: list[str]
+) -> list[dict[str, str]]:
+    """What keeps `?to=` from being sent to: too many addresses, or one outside the
+    allowed domains (REPORT_SEND_MAX_RECIPIENTS, REPORT_SEND_ALLOWED_DOMAINS)."""
+    problems = []
+    if len(recipients) > most:
+        problems.append(
+            {
+                "field": "to",
+                "message": f"{len(recipients)} addresses: at most {most} "
+                "(REPORT_SEND_MAX_RECIPIENTS)",
+                "type": "value_error",
+            }
+        )
+    if domains:
+        for address in recipients:
+            if address.rpartition("@")[2].lower() not in domains:
+                problems.append(
+                    {
+                        "field": "to",
+                        "message": f"{address}: not in an allowed domain "
+                        f"({', '.join(domains)}; REPORT_SEND_ALLOWED_DOMAINS)",
+                        "type": "value_error",
+                    }
+                )
+    return problems
+
+
 @router.get(
     "/preview",
     summary="Preview the report",
@@ -91,7 +120,8 @@ async def preview_report(request: Request) -> HTMLResponse:
         "Builds the report as of now (mailings active in the last 24 hours, changes "
         "against the last daily report) and sends it, in one SMTP attempt, to "
         "`REPORT_RECIPIENTS` or to the addresses in `to` (repeat it or separate with "
-        "commas). The day's scheduled report is not affected. Needs the `admin` role."
+        "commas; at most `REPORT_SEND_MAX_RECIPIENTS`, only in `REPORT_SEND_ALLOWED_DOMAINS` "
+        "when set). The day's scheduled report is not affected. Needs the `admin` role."
     ),
     response_model=SentReport,
     responses={
@@ -119,12 +149,17 @@ async def send_report(
             recipients.append(email_address(value))
         except ValueError as exc:
             problems.append({"field": "to", "message": str(exc), "type": "value_error"})
+    settings = request.app.state.runtime.settings
+    recipients = list(dict.fromkeys(recipients))
+    problems += recipient_problems(
+        recipients, settings.report_send_max_recipients, settings.report_send_allowed_domains
+    )
     if problems:
         return JSONResponse({"detail": problems}, status_code=422)
     if to is not None and not recipients:
         problem = {"field": "to", "message": "give at least one address", "type": "value_error"}
         return JSONResponse({"detail": [problem]}, status_code=422)
-    recipients = list(dict.fromkeys(recipients)) or reports.recipients
+    recipients = recipients or reports.recipients
     if not recipients:
         return JSONResponse(
             {
