@@ -3,6 +3,10 @@ routes refuse a caller below the role they need with a 403 naming it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
@@ -10,6 +14,7 @@ from fastapi.testclient import TestClient
 from shared.auth import ADMIN, OPERATOR, VIEWER, Principal, Role, highest_role, install_checks
 from shared.auth.roles import Unauthorized
 from shared.settings import Settings, SettingsError, refuse_unsafe_credentials
+from tests.support.infra import REPO
 
 
 def test_each_role_includes_the_ones_before_it() -> None:
@@ -107,3 +112,33 @@ def test_static_tokens_or_no_session_key_refuse_to_start_outside_development() -
     refuse_unsafe_credentials(Settings(api_tokens="t", dev_mode=True), signs_sessions=True)
     refuse_unsafe_credentials(Settings(console_session_secret="k"), signs_sessions=True)
     refuse_unsafe_credentials(Settings(), signs_sessions=False)
+
+
+@pytest.mark.parametrize("service", ["api", "reporter"])
+def test_the_service_process_refuses_to_start_with_a_static_token(service: str) -> None:
+    """As an operator would meet it: `python -m services.<service>` with the old default
+    token and no development mode stops at once and says why (nothing is contacted)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DEV_MODE", "API_TOKENS", "CONSOLE_SESSION_SECRET", "OIDC_ISSUER"}
+    }
+    # Set, not just left out: the environment wins over a developer's `.env`.
+    env |= {
+        "DEV_MODE": "false",
+        "API_TOKENS": "dev-token",
+        "LOG_FILE": "",
+        f"{service.upper()}_PORT": "1",
+    }
+    finished = subprocess.run(
+        [sys.executable, "-m", f"services.{service}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 1
+    assert "refusing to start outside development mode:" in finished.stderr
+    assert "API_TOKENS: static tokens are accepted in development mode only" in finished.stderr
