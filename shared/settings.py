@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # when the API restarts and each API replica signs its own), and how long a
     # sign-in lasts.
     console_session_secret: SecretStr | None = None
+    # The OpenID Connect identity provider whose access tokens the services accept
+    # (its issuer URL). Unset outside development mode, API keys are the only way in,
+    # and a service with HTTP actions refuses to start while none exists.
+    oidc_issuer: AnyHttpUrl | None = None
     console_session_ttl_s: PositiveInt = 43200
     ready_timeout_s: PositiveFloat = 3.0
     # The admin API refuses a request body larger than this (bytes) with 413, before
