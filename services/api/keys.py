@@ -19,6 +19,7 @@ import asyncio
 import getpass
 import sys
 
+import structlog
 from pydantic import ValidationError
 
 from services.api import api_keys
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     drop.add_argument("id", type=int)
     args = parser.parse_args(argv)
     settings = load_settings()
+    # Log lines to stderr: stdout carries the key alone.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
     if args.command == "create":
         try:
