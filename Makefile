@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The browser tests use Debian's Chromium (tools/chromium.py), never Playwright's download.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import screenshots replay-dlq bench report-now logs chaos api-key
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import screenshots replay-dlq bench report-now logs chaos api-key bench-auth
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -112,6 +112,10 @@ report-now: venv
 # identity provider): make api-key NAME=ops ROLE=admin. Prints the key once.
 api-key: venv
 	$(BIN)/python -m services.api.keys create --name '$(NAME)' --role '$(ROLE)'
+
+# What an API key costs per request next to a development token (alternating batches).
+bench-auth: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_auth
 
 # The dispatcher's gateway clients side by side against the sandbox (CPU per request).
 bench-gateway: venv

@@ -7,10 +7,13 @@ secret, never the secret. A plain SHA-256 is the right hash here, not a slow KDF
 hash expensive, and a 256-bit random secret cannot be guessed however fast the hash;
 a slow hash would only add its cost to every request.
 
-`ApiKeyCheck` asks PostgreSQL on every request (one primary-key-sized index lookup),
-with no cache: a key revoked on one API process is refused by every process from its
-next request. `last_used_at` is written at most once a minute per key, by a conditional
-UPDATE that only runs when the row read shows an older time.
+`ApiKeyCheck` asks PostgreSQL (one index lookup) and remembers a key found valid for
+`CACHE_S` (1 s) only: a key revoked on one API process is refused by every process
+within that second (the revoking process forgets at once). The lookup costs a pool
+checkout and a round trip, about 2.4 ms a request on the development machine
+(docs/benchmarks.md, `make bench-auth`); the second's cache saves it for a caller's
+bursts. `last_used_at` is written at most once a minute per key, by a conditional UPDATE
+that only runs when the row read shows an older time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -40,6 +44,9 @@ LOOKUP_HEX = 16
 SECRET_BYTES = 32
 # `last_used_at` is at most this stale.
 LAST_USED_EVERY = timedelta(minutes=1)
+# How long a process trusts a key it found valid (so how late it sees a revocation).
+CACHE_S = 1.0
+CACHE_MAX = 1024
 _SHAPE = re.compile(rf"nk_(?P<lookup>[0-9a-f]{{{LOOKUP_HEX}}})_(?P<secret>[A-Za-z0-9_-]{{43}})")
 # Compared against when the lookup finds nothing, so a miss costs what a hit costs.
 _NOTHING = hashlib.sha256(b"").digest()
@@ -69,13 +76,34 @@ def key_principal(name: str, role: str) -> Principal:
 class ApiKeyCheck:
     """The `BearerCheck` of API keys (see `shared.auth.bearer`)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, cache_s: float = CACHE_S
+    ) -> None:
         self.sessions = sessions
+        self.cache_s = cache_s
+        # SHA-256 of the whole key -> (principal, until when it is trusted).
+        self._valid: dict[bytes, tuple[Principal, float]] = {}
 
     def claims(self, credential: str) -> bool:
         return credential.startswith(PREFIX)
 
+    def forget(self) -> None:
+        """Trust no key from memory (after a revocation by this process)."""
+        self._valid.clear()
+
     async def principal(self, credential: str) -> Principal:
+        memo = hashlib.sha256(credential.encode()).digest()
+        known = self._valid.get(memo)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        principal = await self._look_up(credential)
+        if len(self._valid) >= CACHE_MAX:
+            self._valid.clear()
+        if self.cache_s > 0:
+            self._valid[memo] = (principal, time.monotonic() + self.cache_s)
+        return principal
+
+    async def _look_up(self, credential: str) -> Principal:
         parsed = parse_key(credential)
         if parsed is None:
             raise Unauthorized("malformed API key")

@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from shared.auth import (
     SESSION_COOKIE,
+    Role,
     Session,
     csrf_ok,
     dev_token_is_valid,
@@ -54,7 +55,21 @@ PAGES = {
     "mailings": "Mailings",
     "clients": "Clients",
     "reports": "Reports",
+    "audit": "Audit",
+    "api-keys": "API keys",
 }
+# Pages a role below this cannot use: not in its navigation, and a 403 page saying so.
+PAGE_ROLES = {"audit": Role.OPERATOR, "api-keys": Role.ADMIN}
+
+
+def _pages(session: Session | None) -> dict[str, str]:
+    if session is None:
+        return PAGES
+    return {
+        key: label
+        for key, label in PAGES.items()
+        if key not in PAGE_ROLES or session.principal.may(PAGE_ROLES[key])
+    }
 
 
 @lru_cache(maxsize=1)
@@ -63,7 +78,7 @@ def zones() -> list[str]:
 
 
 def _render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(pages=PAGES, **context)
+    html = _templates.get_template(name).render(pages=_pages(context.get("session")), **context)
     return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
 
@@ -163,6 +178,17 @@ def _page(request: Request, template: str, page: str, **context: Any) -> Respons
     session: Session | None = request_session(request)
     if session is None:
         return _to_sign_in()
+    needed = PAGE_ROLES.get(page)
+    if needed is not None and not session.principal.may(needed):
+        return _render(
+            "message.html",
+            status.HTTP_403_FORBIDDEN,
+            page=page,
+            title=context.get("title", "Not allowed"),
+            message=f"This page needs the {needed} role; you are signed in as "
+            f"{session.principal.actor} with the {session.principal.role} role.",
+            session=session,
+        )
     return _render(template, page=page, session=session, **context)
 
 
@@ -217,3 +243,13 @@ async def clients_page(request: Request) -> Response:
 @router.get("/reports")
 async def reports_page(request: Request) -> Response:
     return _page(request, "reports.html", "reports", title="Reports")
+
+
+@router.get("/audit")
+async def audit_page(request: Request) -> Response:
+    return _page(request, "audit.html", "audit", title="Audit")
+
+
+@router.get("/api-keys")
+async def api_keys_page(request: Request) -> Response:
+    return _page(request, "api_keys.html", "api-keys", title="API keys")

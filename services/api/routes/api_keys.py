@@ -11,6 +11,7 @@ from services.api.api_keys import ApiKeyCreated, ApiKeyIn, ApiKeyOut
 from services.api.deps import UnitDep
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import ErrorOut
+from shared.api_keys import ApiKeyCheck
 from shared.auth import ADMIN
 
 router = APIRouter(
@@ -59,13 +60,16 @@ async def list_keys(
     "/{key_id}/",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": ErrorOut, "description": "No such API key"}},
-    summary="Revoke an API key: refused by every API process from its next request",
+    summary="Revoke an API key: refused by every API process within a second",
     description="Revoking a key already revoked is a 204 that changes nothing (the first "
     "revocation's time and author stay).",
 )
-async def revoke_key(key_id: KeyId, unit: UnitDep) -> Response:
+async def revoke_key(key_id: KeyId, request: Request, unit: UnitDep) -> Response:
     async with unit.write() as session:
         revoked, now = await api_keys.revoke_key(session, key_id, unit.origin.actor)
         if now:
             unit.audit("api_key.revoke", "api_key", key_id, {"name": revoked.name})
+    for check in getattr(request.app.state, "bearer_checks", []):
+        if isinstance(check, ApiKeyCheck):
+            check.forget()  # this process: at once; the others within ApiKeyCheck.cache_s
     return Response(status_code=status.HTTP_204_NO_CONTENT)
