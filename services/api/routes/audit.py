@@ -38,7 +38,8 @@ class AuditEntryOut(BaseModel):
     request_id: str | None = Field(description="The `request_id` of the request's log lines")
 
 
-Text = Annotated[str | None, Query(max_length=200)]
+# Exact matches; printable text only (a NUL cannot be stored, so it matches nothing).
+Text = Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 @router.get("/", summary="The audit trail: every write, who, what, when, from where")
