@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The browser tests use Debian's Chromium (tools/chromium.py), never Playwright's download.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import screenshots replay-dlq bench report-now logs chaos
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import screenshots replay-dlq bench report-now logs chaos api-key bench-auth
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -21,6 +21,7 @@ help:
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
 	@echo "make screenshots  refresh docs/console/*.png (the console in Chromium on the whole stack)"
+	@echo "make api-key    NAME=ops ROLE=admin: create an API key in DATABASE_URL's database, print it once"
 	@echo "make chaos      chaos soak (~15 min): kills, restarts, outage; one table, exit 1 if a target is missed"
 	@echo "                CHAOS_ARGS='--duration 300 --clients 5000 --seed 2 --json out.json' (--preset quick, --faults off)"
 
@@ -106,6 +107,15 @@ bench-import: venv
 # REPORT_RECIPIENTS or to TO=a@example.com,b@example.com. Token: the first of API_TOKENS.
 report-now: venv
 	$(BIN)/python -m services.reporter.report_now $(if $(TO),--to '$(TO)')
+
+# Create an API key in the database DATABASE_URL names (the bootstrap without an
+# identity provider): make api-key NAME=ops ROLE=admin. Prints the key once.
+api-key: venv
+	$(BIN)/python -m services.api.keys create --name '$(NAME)' --role '$(ROLE)'
+
+# What an API key costs per request next to a development token (alternating batches).
+bench-auth: venv
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_auth
 
 # The dispatcher's gateway clients side by side against the sandbox (CPU per request).
 bench-gateway: venv

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -326,3 +327,54 @@ class ConsoleSession(Base):
     id_token: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    """A credential for an integration: named, with a role, revocable. The secret is
+    kept only as its SHA-256 (see `shared.api_keys`)."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (
+        # A name is taken while its key is in use; a revoked key's name may be reused.
+        Index(
+            "uq_api_key_name_unrevoked",
+            "name",
+            unique=True,
+            postgresql_where=sql("revoked_at IS NULL"),
+        ),
+        CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    # The key's public part, sent in the clear inside the key: finds the row.
+    lookup: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_by: Mapped[str] = mapped_column(String(200))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class AuditLog(Base):
+    """Who did what to which object, when and from where: written in the transaction of
+    the write it describes."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_actor_id", "actor", "id"),
+        Index("ix_audit_log_object_type_object_id_id", "object_type", "object_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    actor: Mapped[str] = mapped_column(String(200))
+    via: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sql("'{}'::jsonb"))
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 
+# The exit status when the app refuses to start (e.g. no credential could be used).
+EXIT_START_FAILED = 3
+
+
 class ExitRequest:
     """Lets the app stop its own process with an exit status (`app.state.request_exit`).
 
@@ -64,5 +68,8 @@ def run_service(service: str, build: Callable[[Settings], FastAPI]) -> None:
     # HTTP connections, then the consumers, each get the grace period; then a margin.
     app.state.request_exit = exit_request = ExitRequest(server, settings.shutdown_grace_s * 2 + 10)
     server.run()
+    if not server.started and exit_request.code is None:
+        # The lifespan refused to start (its reason is logged): not a clean exit.
+        sys.exit(EXIT_START_FAILED)
     if exit_request.code is not None:
         sys.exit(exit_request.code)

@@ -246,10 +246,12 @@ async def _lifespan(
     if runtime.broker.subscribers:
         request_exit = getattr(app.state, "request_exit", None)
         runtime.spawn(watch_consumers(runtime, request_exit), name="consumer-lag")
-    if start is not None:
-        await start(app)
-    log.info("service_started", port=_port(settings, service))
     try:
+        # A start step that refuses (see `shared.api_keys.require_a_way_in`) still has
+        # what was started before it stopped below.
+        if start is not None:
+            await start(app)
+        log.info("service_started", port=_port(settings, service))
         yield
     finally:
         log.info("service_stopping")

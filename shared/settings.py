@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: PositiveInt = 1_048_576
 
     # --- sign-in through an OpenID Connect provider (docs/identity.md) ----------------
+    # Unset outside development mode, API keys are the only way in, and a service with
+    # HTTP actions refuses to start while none exists.
     # The issuer URL exactly as the provider writes it into `iss` (Keycloak:
     # http://host:port/realms/<realm>); unset: no provider. Its discovery document is
     # read from OIDC_DISCOVERY_URL (default: <issuer>/.well-known/openid-configuration),

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from shared.audit import Origin, audit_entry, request_origin
 from shared.logging import ENTITY_KEYS, bind_entities
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from typing import Any
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,12 +21,18 @@ if TYPE_CHECKING:
 
 
 class Unit:
-    """One transaction per request; after a commit that staged events, wake the relay."""
+    """One transaction per request; after a commit that staged events, wake the relay.
 
-    def __init__(self, runtime: Runtime, relay: OutboxRelay) -> None:
+    A write records its audit entry in its own transaction: `unit.audit(...)` inside
+    `unit.write()`, so the entry commits (or rolls back) with the write.
+    """
+
+    def __init__(self, runtime: Runtime, relay: OutboxRelay, request: Request) -> None:
         self.runtime = runtime
         self.relay = relay
         self.topics = runtime.topics
+        self.request = request
+        self._writing: AsyncSession | None = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -34,8 +42,29 @@ class Unit:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         async with self.runtime.sessions() as session, session.begin():
-            yield session
+            self._writing = session
+            try:
+                yield session
+            finally:
+                self._writing = None
         self.relay.wake()
+
+    def audit(
+        self,
+        action: str,
+        object_type: str | None = None,
+        object_id: int | str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Add the audit entry of the write in progress (flushed with its commit)."""
+        if self._writing is None:
+            raise RuntimeError("Unit.audit() belongs inside Unit.write()")
+        self._writing.add(audit_entry(self.origin, action, object_type, object_id, details))
+
+    @property
+    def origin(self) -> Origin:
+        """Read when used: by then the route's role check has authenticated the caller."""
+        return request_origin(self.request)
 
 
 async def bind_path_ids(request: Request) -> None:
@@ -51,7 +80,7 @@ async def bind_path_ids(request: Request) -> None:
 
 
 def _unit(request: Request) -> Unit:
-    return Unit(request.app.state.runtime, request.app.state.relay)
+    return Unit(request.app.state.runtime, request.app.state.relay, request)
 
 
 UnitDep = Annotated[Unit, Depends(_unit)]

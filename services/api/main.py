@@ -10,7 +10,8 @@ from starlette.staticfiles import StaticFiles
 from services.api import console, errors
 from services.api.body_limit import BodyLimitMiddleware
 from services.api.console.provider_login import TokenRefresh
-from services.api.routes import clients, control, mailings
+from services.api.routes import api_keys, audit, clients, control, mailings
+from shared.api_keys import require_a_way_in
 from shared.asyncapi import Published
 from shared.auth import ConsoleSessions
 from shared.auth.checks import install_bearer_checks
@@ -29,10 +30,16 @@ log = get_logger(__name__)
 DESCRIPTION = """
 Clients and mailings for operators and integrations.
 
-Authenticate with `Authorization: Bearer <token>` (tokens: `API_TOKENS`; the local
-stack accepts `dev-token`), or with the operator console's session cookie (sign in at
-`/console/`; unsafe methods then need the `X-CSRF-Token` header). Datetimes in mailing
-bodies are UTC `YYYY-MM-DD HH:MM:SS` (ISO 8601 with an offset or `Z` is accepted too).
+Authenticate with `Authorization: Bearer <credential>`: an API key (`nk_...`, created
+by an admin at `/api/v1/api-keys/`, or with `notifications-api-key create`), a token of
+the identity provider, or in development mode one of `API_TOKENS` (the local stack
+accepts `dev-token`); or with the operator console's session cookie (sign in at
+`/console/`; unsafe methods then need the `X-CSRF-Token` header). Roles: `viewer`
+reads, `operator` also writes, `admin` also deletes and manages API keys (403 names the
+role a route needs). Every write is recorded in the audit trail (`/api/v1/audit/`).
+
+Datetimes in mailing bodies are UTC `YYYY-MM-DD HH:MM:SS` (ISO 8601 with an offset or
+`Z` is accepted too).
 
 Every write is committed with an outbox row; a relay publishes the outbox to
 `client.events` and `mailing.events`, so writes are accepted while Kafka is down and
@@ -42,6 +49,8 @@ their events go out when it is back.
 TAGS = [
     {"name": "clients", "description": "The directory of recipients."},
     {"name": "mailings", "description": 'Mailings ("notifications"), their messages and forecast.'},
+    {"name": "api keys", "description": "Credentials for integrations (admin only)."},
+    {"name": "audit", "description": "Who wrote what, when, from where (operator or admin)."},
 ]
 
 
@@ -50,6 +59,7 @@ def wire(runtime: Runtime) -> Start:
     relay = runtime.outbox_relay()
 
     async def start(app: FastAPI) -> None:
+        await require_a_way_in(runtime.settings, runtime.sessions)
         app.state.relay = relay
         install_bearer_checks(app, runtime)
         oidc = getattr(app.state, "oidc", None)
@@ -70,7 +80,14 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings,
         title="Notifications: admin API",
         description=DESCRIPTION,
-        routers=[clients.router, mailings.router, control.router, console.router],
+        routers=[
+            clients.router,
+            mailings.router,
+            control.router,
+            api_keys.router,
+            audit.router,
+            console.router,
+        ],
         publishes=[Published.MAILING_EVENTS, Published.CLIENT_EVENTS, Published.STATUS_EVENTS],
         wire=wire,
         openapi_tags=TAGS,

@@ -11,6 +11,7 @@ from services.reporter import daily, reconcile
 from services.reporter.counters import Counters
 from services.reporter.handlers import subscribe
 from services.reporter.routes import reports
+from shared.api_keys import require_a_way_in
 from shared.auth.checks import install_bearer_checks
 from shared.logging import get_logger
 from shared.service import create_service_app
@@ -31,7 +32,8 @@ Aggregates message statuses per mailing and emails the daily statistics.
 Consumes `message.status`: keeps the per-mailing counts by status that the API's
 statistics read, and exports them as Prometheus gauges. Sends the daily report at
 `REPORT_TIME` in `REPORT_TIMEZONE` to `REPORT_RECIPIENTS`; `POST /reports/send` sends
-one now (`Authorization: Bearer <token>`, the admin API's tokens).
+one now (`Authorization: Bearer <credential>`: an admin API key or token, as for the
+admin API), recorded in the audit trail.
 """
 
 TAGS = [{"name": "reports", "description": "The email report, on request."}]
@@ -80,6 +82,7 @@ def wire(runtime: Runtime, *, start_reports: Setup) -> Start:
     subscribe(runtime, counters)
 
     async def start(app: FastAPI) -> None:
+        await require_a_way_in(settings, runtime.sessions)
         install_bearer_checks(app, runtime)
         runtime.spawn(
             _maintain(counters, settings, runtime.broker_started), name="counter-maintenance"

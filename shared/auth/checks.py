@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shared.api_keys import ApiKeyCheck
 from shared.auth.bearer import BearerCheck, install_checks
 from shared.auth.provider import ProviderTokens
 from shared.oidc import OidcVerifier
@@ -15,9 +16,9 @@ if TYPE_CHECKING:
 
 
 def install_bearer_checks(app: FastAPI, runtime: Runtime) -> None:
-    """The identity provider's tokens when OIDC_ISSUER is set (its key set is a
-    readiness check, named `identity_provider`); development tokens are always last."""
-    checks: list[BearerCheck] = []
+    """API keys; the identity provider's tokens when OIDC_ISSUER is set (its key set is
+    a readiness check, named `identity_provider`); development tokens are always last."""
+    checks: list[BearerCheck] = [ApiKeyCheck(runtime.sessions)]
     if runtime.settings.oidc_enabled:
         verifier = OidcVerifier(runtime.settings)
         app.state.oidc = verifier

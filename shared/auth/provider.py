@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, status
 
+from shared.api_keys import PREFIX as API_KEY_PREFIX
 from shared.auth.roles import Principal, Role, Unauthorized, highest_role
 from shared.oidc import InvalidToken, ProviderUnavailable
 
 if TYPE_CHECKING:
     from shared.oidc import Claims, OidcVerifier
-
-API_KEY_PREFIX = "nk_"
 
 
 class NoRole(HTTPException):

@@ -216,7 +216,7 @@ async def test_pages_show_only_what_the_role_may_do(api: ApiClient, browser: Asy
     assert 'id="client-form"' not in (await browser.get("/console/clients", headers=viewer)).text
     refused = await browser.get("/console/mailings/new", headers=viewer)
     assert refused.status_code == 403
-    assert "needs the operator role; you are viewer" in refused.text
+    assert "This page needs the operator role" in refused.text
     # The API behind the page refuses the same, whatever the page shows.
     write = await browser.post("/api/v1/clients/", json={"telephone": phone()}, headers=viewer)
     assert write.status_code == 403

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from tests.support.infra import Infra
 
 TABLES = {
+    "api_key",
+    "audit_log",
     "client",
     "tag",
     "client_tag",

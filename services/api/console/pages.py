@@ -18,6 +18,7 @@ from shared.auth import (
     SESSION_COOKIE,
     ConsoleSessions,
     Principal,
+    Role,
     request_session,
     sign_value,
 )
@@ -52,7 +53,22 @@ PAGES = {
     "mailings": "Mailings",
     "clients": "Clients",
     "reports": "Reports",
+    "audit": "Audit",
+    "api-keys": "API keys",
 }
+# Pages a role below this cannot use: not in its navigation, and a 403 page saying so.
+PAGE_ROLES = {"audit": Role.OPERATOR, "api-keys": Role.ADMIN}
+
+
+def _pages(session: Session | None) -> dict[str, str]:
+    """The navigation: the pages the signed-in role may use."""
+    if session is None:
+        return PAGES
+    return {
+        key: label
+        for key, label in PAGES.items()
+        if key not in PAGE_ROLES or session.principal.may(PAGE_ROLES[key])
+    }
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +90,7 @@ def security_headers(request: Request) -> dict[str, str]:
 
 
 def render(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(pages=PAGES, **context)
+    html = _templates.get_template(name).render(pages=_pages(context.get("session")), **context)
     return HTMLResponse(html, status_code=code, headers=security_headers(request))
 
 

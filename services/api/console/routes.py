@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from services.api.console.pages import (
+    PAGE_ROLES,
     SIGN_IN_CSRF_COOKIE,
     form_fields,
     open_session,
@@ -100,19 +101,21 @@ async def sign_out(request: Request) -> Response:
 
 
 async def _page(
-    request: Request, template: str, page: str, needs: Role = Role.VIEWER, **context: Any
+    request: Request, template: str, page: str, needs: Role | None = None, **context: Any
 ) -> Response:
     session: Session | None = await request_session(request)
     if session is None:
         return to_sign_in()
-    if not session.principal.may(needs):
+    needed = needs or PAGE_ROLES.get(page, Role.VIEWER)
+    if not session.principal.may(needed):
         return render(
             request,
             "message.html",
             status.HTTP_403_FORBIDDEN,
-            page="error",
-            title="Not for your role",
-            message=f"This page needs the {needs} role; you are {session.principal.role}.",
+            page=page,
+            title=context.get("title", "Not for your role"),
+            message=f"This page needs the {needed} role; you are signed in as "
+            f"{session.principal.actor} with the {session.principal.role} role.",
             session=session,
         )
     return render(request, template, page=page, session=session, **context)
@@ -166,3 +169,13 @@ async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
 @router.get("/clients")
 async def clients_page(request: Request) -> Response:
     return await _page(request, "clients.html", "clients", title="Clients", zones=zones())
+
+
+@router.get("/audit")
+async def audit_page(request: Request) -> Response:
+    return await _page(request, "audit.html", "audit", title="Audit")
+
+
+@router.get("/api-keys")
+async def api_keys_page(request: Request) -> Response:
+    return await _page(request, "api_keys.html", "api-keys", title="API keys")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from services.api import clients, imports
 from services.api.body_limit import max_body_bytes
-from services.api.deps import UnitDep, bind_path_ids
+from services.api.deps import Unit, UnitDep, bind_path_ids
 from services.api.import_file import CSV, MAX_LINE_CHARS, NDJSON, file_kind
 from services.api.pagination import Page, PageParams, make_page, page_params
 from services.api.schemas import (
@@ -24,6 +24,9 @@ from services.api.schemas import (
     Zone,
 )
 from shared.auth import ADMIN, OPERATOR, VIEWER
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 router = APIRouter(
     prefix="/api/v1/clients",
@@ -52,7 +55,9 @@ TAKEN: dict[int | str, dict[str, Any]] = {
 )
 async def create_client(body: ClientIn, unit: UnitDep) -> ClientOut:
     async with unit.write() as session:
-        return await clients.create_client(session, unit.topics, body)
+        created = await clients.create_client(session, unit.topics, body)
+        unit.audit("client.create", "client", created.id, {"fields": sorted(body.model_fields_set)})
+    return created
 
 
 # A bulk import streams; its body may be far larger than a JSON body (~45 bytes a row).
@@ -105,6 +110,16 @@ async def import_clients(
     kind = file_kind(request.headers.get("content-type"))
     async with unit.write() as session:
         result = await imports.import_clients(session, unit.topics, kind, mode, request.stream())
+        unit.audit(
+            "client.import",
+            details={
+                "mode": mode,
+                "created": result.created,
+                "updated": result.updated,
+                "unchanged": result.unchanged,
+                "rejected": result.rejected_count,
+            },
+        )
     return ImportOut(
         created=result.created,
         updated=result.updated,
@@ -164,7 +179,7 @@ async def get_client(client_id: ClientId, unit: UnitDep) -> ClientOut:
 )
 async def replace_client(client_id: ClientId, body: ClientIn, unit: UnitDep) -> ClientOut:
     async with unit.write() as session:
-        return await clients.update_client(session, unit.topics, client_id, body)
+        return await _update(session, unit, client_id, body, "client.replace")
 
 
 @router.patch(
@@ -175,7 +190,19 @@ async def replace_client(client_id: ClientId, body: ClientIn, unit: UnitDep) -> 
 )
 async def patch_client(client_id: ClientId, body: ClientPatch, unit: UnitDep) -> ClientOut:
     async with unit.write() as session:
-        return await clients.update_client(session, unit.topics, client_id, body)
+        return await _update(session, unit, client_id, body, "client.patch")
+
+
+async def _update(
+    session: AsyncSession, unit: Unit, client_id: int, body: ClientIn | ClientPatch, action: str
+) -> ClientOut:
+    """Update, and audit the names of the fields whose value changed."""
+    before = await clients.get_client(session, client_id)
+    after = await clients.update_client(session, unit.topics, client_id, body)
+    old, new = before.model_dump(), after.model_dump()
+    changed = sorted(name for name in new if old.get(name) != new[name])
+    unit.audit(action, "client", client_id, {"changed": changed})
+    return after
 
 
 @router.delete(
@@ -188,4 +215,5 @@ async def patch_client(client_id: ClientId, body: ClientPatch, unit: UnitDep) ->
 async def delete_client(client_id: ClientId, unit: UnitDep) -> Response:
     async with unit.write() as session:
         await clients.delete_client(session, unit.topics, client_id)
+        unit.audit("client.delete", "client", client_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -36,7 +36,9 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 )
 async def pause(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
-        return await control.change_state(session, unit.topics, mailing_id, "pause")
+        changed = await control.change_state(session, unit.topics, mailing_id, "pause")
+        unit.audit("mailing.pause", "mailing", mailing_id, {"state": changed.state})
+    return changed
 
 
 @router.post(
@@ -47,7 +49,9 @@ async def pause(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 )
 async def resume(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
-        return await control.change_state(session, unit.topics, mailing_id, "resume")
+        changed = await control.change_state(session, unit.topics, mailing_id, "resume")
+        unit.audit("mailing.resume", "mailing", mailing_id, {"state": changed.state})
+    return changed
 
 
 @router.post(
@@ -58,7 +62,9 @@ async def resume(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 )
 async def cancel(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
-        return await control.change_state(session, unit.topics, mailing_id, "cancel")
+        changed = await control.change_state(session, unit.topics, mailing_id, "cancel")
+        unit.audit("mailing.cancel", "mailing", mailing_id, {"state": changed.state})
+    return changed
 
 
 @router.post(
@@ -71,4 +77,9 @@ async def replay(
 ) -> Replayed:
     reason = body.reason if body is not None else None
     async with unit.write() as session:
-        return Replayed(replayed=await control.replay(session, unit.topics, mailing_id, reason))
+        replayed = await control.replay(session, unit.topics, mailing_id, reason)
+        details: dict[str, object] = {"replayed": replayed}
+        if reason is not None:
+            details["reason"] = reason
+        unit.audit("mailing.replay", "mailing", mailing_id, details)
+    return Replayed(replayed=replayed)

@@ -52,7 +52,11 @@ StatusFilter = Literal[
 )
 async def create_mailing(body: MailingIn, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
-        return await mailings.create_mailing(session, unit.topics, body)
+        created = await mailings.create_mailing(session, unit.topics, body)
+        unit.audit(
+            "mailing.create", "mailing", created.id, {"fields": sorted(body.model_fields_set)}
+        )
+    return created
 
 
 @router.post(
@@ -106,7 +110,12 @@ async def get_mailing(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 )
 async def replace_mailing(mailing_id: MailingId, body: MailingIn, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
-        return await mailings.replace_mailing(session, unit.topics, mailing_id, body)
+        before = await mailings.get_mailing(session, mailing_id)
+        after = await mailings.replace_mailing(session, unit.topics, mailing_id, body)
+        old, new = before.model_dump(), after.model_dump()
+        changed = sorted(name for name in MailingIn.model_fields if old[name] != new[name])
+        unit.audit("mailing.replace", "mailing", mailing_id, {"changed": changed})
+    return after
 
 
 @router.delete(
@@ -119,6 +128,7 @@ async def replace_mailing(mailing_id: MailingId, body: MailingIn, unit: UnitDep)
 async def delete_mailing(mailing_id: MailingId, unit: UnitDep) -> Response:
     async with unit.write() as session:
         await mailings.delete_mailing(session, unit.topics, mailing_id)
+        unit.audit("mailing.delete", "mailing", mailing_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

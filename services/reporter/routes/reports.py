@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from services.reporter.daily import Reports
 from services.reporter.mailer import MailError
+from shared.audit import audit_entry, request_origin
 from shared.auth import ADMIN, VIEWER
 from shared.logging import get_logger
 from shared.settings import email_address
@@ -171,6 +172,7 @@ async def send_report(
     try:
         sent = await reports.send_now(recipients)
     except MailError as exc:
+        await _audit(request, {"recipients": len(recipients), "outcome": "not_sent"})
         log.warning("report_on_request_not_sent", smtp=reports.mailer.server, error=exc.reason)
         return JSONResponse(
             {
@@ -179,6 +181,15 @@ async def send_report(
             },
             status_code=502,
         )
+    await _audit(
+        request,
+        {
+            "recipients": len(recipients),
+            "outcome": "sent",
+            "accepted": len(sent.recipients),
+            "refused": len(sent.refused),
+        },
+    )
     return SentReport(
         recipients=sent.recipients,
         refused=sent.refused,
@@ -186,3 +197,17 @@ async def send_report(
         mailings=sent.mailings,
         message_id=sent.message_id,
     )
+
+
+async def _audit(request: Request, details: dict[str, object]) -> None:
+    """The send-now's audit entry, written after the SMTP server's answer (there is no
+    transaction to share: the mail is out, or not, either way)."""
+    sessions = request.app.state.runtime.sessions
+    try:
+        async with sessions() as session, session.begin():
+            session.add(
+                audit_entry(request_origin(request), "report.send", "report", None, details)
+            )
+    except Exception as exc:
+        # The caller still learns what happened to the mail; the gap is logged loudly.
+        log.error("audit_write_failed", action="report.send", error=repr(exc), **details)

@@ -6,7 +6,7 @@ after signing out. The cookie now holds a random id only; this table holds the s
 ends it at once and the console can call the reporter with the operator's credential.
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-02 04:15:00.000000+00:00
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0004"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
