@@ -265,6 +265,7 @@ def test_settings_validate_the_oidc_variables() -> None:
         {"oidc_roles_claim": "realm_access..roles"},
         {"oidc_role_admin": " "},
         {"oidc_clock_skew_s": -1},
+        {"oidc_role_admin": "viewer"},
     ):
         with pytest.raises(SettingsError) as caught:
             load_settings(_env_file=None, **bad)
