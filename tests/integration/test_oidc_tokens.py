@@ -111,6 +111,51 @@ async def test_the_console_client_and_the_endpoints_it_needs(
             assert "error=invalid_request" in location
 
 
+@pytest.mark.parametrize("role", ROLES)
+async def test_the_console_signs_a_user_in_with_pkce_and_out_again(
+    keycloak: Keycloak, verifier: OidcVerifier, role: str
+) -> None:
+    callback = "http://127.0.0.1:8000/console/auth/callback"
+    tokens = keycloak.code_flow_tokens(role, callback)
+    claims = await verifier.verify(tokens["access_token"])
+    assert claims.name == role
+    assert claims.roles == {role}
+    # the ID token is for the console, not for the API: refused as an access token
+    assert "notifications-api" in await rejected(verifier, tokens["id_token"])
+    # the refresh token renews the session; the new access token verifies too
+    async with httpx.AsyncClient() as http:
+        refreshed = await http.post(
+            keycloak.token_endpoint(),
+            data={
+                "grant_type": "refresh_token",
+                "client_id": "notifications-console",
+                "refresh_token": tokens["refresh_token"],
+            },
+        )
+        assert refreshed.status_code == 200
+        assert (await verifier.verify(refreshed.json()["access_token"])).roles == {role}
+        # sign-out at the provider goes back to the console
+        logout = await http.get(
+            (await verifier.discovery())["end_session_endpoint"],
+            params={
+                "id_token_hint": tokens["id_token"],
+                "post_logout_redirect_uri": "http://127.0.0.1:8000/console/",
+            },
+        )
+        assert logout.status_code == 302
+        assert logout.headers["location"] == "http://127.0.0.1:8000/console/"
+        # the session is over: its refresh token no longer works
+        again = await http.post(
+            keycloak.token_endpoint(),
+            data={
+                "grant_type": "refresh_token",
+                "client_id": "notifications-console",
+                "refresh_token": refreshed.json()["refresh_token"],
+            },
+        )
+        assert again.status_code == 400
+
+
 async def test_an_expired_token_is_refused_past_the_skew(
     keycloak: Keycloak, verifier: OidcVerifier
 ) -> None:

@@ -8,7 +8,13 @@ realm of deploy/keycloak/notifications-realm.json and the admin/admin administra
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import os
+import re
+import secrets
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,6 +94,58 @@ class Keycloak:
                 "scope": "openid",
             }
         )
+
+    def code_flow_tokens(
+        self, user: str, redirect_uri: str = "http://127.0.0.1:8000/console/auth/callback"
+    ) -> dict[str, Any]:
+        """What the console gets by signing ``user`` in: the authorization code flow with
+        PKCE (S256) of the ``notifications-console`` client, the login form of Keycloak's
+        own page filled in over HTTP (no browser). The token endpoint's answer."""
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        passwords = {name: secret for name, secret, _ in PRESET_USERS}
+        with httpx.Client(timeout=30, follow_redirects=False) as browser:
+            page = browser.get(
+                f"{self.issuer}/protocol/openid-connect/auth",
+                params={
+                    "client_id": "notifications-console",
+                    "response_type": "code",
+                    "scope": "openid",
+                    "redirect_uri": redirect_uri,
+                    "state": "s1",
+                    "code_challenge": challenge.rstrip(b"=").decode(),
+                    "code_challenge_method": "S256",
+                },
+            )
+            assert page.status_code == 200, page.text
+            action = re.search(r'<form[^>]*id="kc-form-login"[^>]*action="([^"]+)"', page.text)
+            assert action is not None, "no login form on Keycloak's page"
+            # Keycloak marks its cookies Secure; browsers send them to 127.0.0.1 over
+            # plain HTTP (a secure context), httpx does not: send them by hand
+            jar = "; ".join(f"{c.name}={c.value}" for c in page.cookies.jar)
+            answer = browser.post(
+                html.unescape(action.group(1)),
+                data={"username": user, "password": passwords[user], "credentialId": ""},
+                headers={"Cookie": jar},
+            )
+            assert answer.status_code == 302, answer.text
+            location = answer.headers["location"]
+            assert location.startswith(redirect_uri + "?"), location
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+            assert query["state"] == ["s1"]
+            tokens = browser.post(
+                f"{self.issuer}/protocol/openid-connect/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "client_id": "notifications-console",
+                    "code": query["code"][0],
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": verifier,
+                },
+            )
+            assert tokens.status_code == 200, tokens.text
+            result: dict[str, Any] = tokens.json()
+            return result
 
     def grant(self, form: dict[str, str], realm: str | None = None) -> str:
         response = self.http.post(self.token_endpoint(realm), data=form)
