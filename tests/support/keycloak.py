@@ -18,12 +18,15 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tools.infra.keycloak import ADMIN_PASSWORD, ADMIN_USER, PRESET_USERS, REALM, KeycloakServer
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 ROLES = ("viewer", "operator", "admin")
 AUDIENCE = "notifications-api"
@@ -40,6 +43,16 @@ def audience_mapper(audience: str = AUDIENCE) -> dict[str, Any]:
             "id.token.claim": "false",
         },
     }
+
+
+PASSWORDS = {name: secret for name, secret, _ in PRESET_USERS}
+
+
+async def sign_in_on_keycloak(page: Page, user: str, password: str | None = None) -> None:
+    """On Keycloak's own login page (the page is showing it): sign ``user`` in."""
+    await page.locator("#username").fill(user)
+    await page.locator("#password").fill(password or PASSWORDS[user])
+    await page.locator("#kc-login").click()
 
 
 @dataclass
@@ -84,13 +97,12 @@ class Keycloak:
             standardFlowEnabled=False,
             protocolMappers=[audience_mapper()],
         )[1]
-        passwords = {name: secret for name, secret, _ in PRESET_USERS}
         return self.grant(
             {
                 "grant_type": "password",
                 "client_id": client_id,
                 "username": user,
-                "password": password or passwords[user],
+                "password": password or PASSWORDS[user],
                 "scope": "openid",
             }
         )
@@ -103,7 +115,6 @@ class Keycloak:
         own page filled in over HTTP (no browser). The token endpoint's answer."""
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-        passwords = {name: secret for name, secret, _ in PRESET_USERS}
         with httpx.Client(timeout=30, follow_redirects=False) as browser:
             page = browser.get(
                 f"{self.issuer}/protocol/openid-connect/auth",
@@ -125,7 +136,7 @@ class Keycloak:
             jar = "; ".join(f"{c.name}={c.value}" for c in page.cookies.jar)
             answer = browser.post(
                 html.unescape(action.group(1)),
-                data={"username": user, "password": passwords[user], "credentialId": ""},
+                data={"username": user, "password": PASSWORDS[user], "credentialId": ""},
                 headers={"Cookie": jar},
             )
             assert answer.status_code == 302, answer.text
