@@ -283,6 +283,19 @@ class Keycloak:
         return kids[0]
 
 
+#: Seconds a test that uses the fixture may take: its setup may be Keycloak's first
+#: start ever on the machine (download, build, seed: 2.5-4 minutes here).
+FIRST_START_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests using `keycloak` get FIRST_START_TIMEOUT_S unless they set a timeout."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "keycloak" in fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FIRST_START_TIMEOUT_S))
+
+
 @pytest.fixture(scope="session")
 def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keycloak]:
     """The session's Keycloak, started on first use (or KEYCLOAK_URL's)."""
