@@ -300,3 +300,29 @@ class DailyReport(Base):
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class ConsoleSession(Base):
+    """A signed-in operator console. The browser holds only a random id; this row holds
+    its SHA-256, who signed in, the CSRF token, and the credential the console uses on
+    the operator's behalf (the identity provider's tokens, or a development token).
+    Signing out deletes the row, which ends the session everywhere at once."""
+
+    __tablename__ = "console_session"
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="role_known"),
+        Index("ix_console_session_expires_at", "expires_at"),
+    )
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    via: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(255), server_default="")
+    csrf: Mapped[str] = mapped_column(String(64))
+    credential: Mapped[str] = mapped_column(Text)
+    credential_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    id_token: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -263,9 +263,19 @@ class OidcVerifier:
         return key
 
     # ---- tokens
-    async def verify(self, token: str, now: float | None = None) -> Claims:
+    async def verify(
+        self,
+        token: str,
+        now: float | None = None,
+        *,
+        audience: str | None = None,
+        nonce: str | None = None,
+    ) -> Claims:
         """The token's claims, when it is valid at ``now`` (default: the current time,
-        seconds since the epoch); InvalidToken (reason inside) otherwise."""
+        seconds since the epoch); InvalidToken (reason inside) otherwise.
+
+        ``audience`` replaces OIDC_AUDIENCE (an ID token is for the console's client);
+        ``nonce``, when given, must be the token's ``nonce`` (the sign-in it answers)."""
         token = token.strip()
         if not token:
             raise InvalidToken("the token is empty")
@@ -295,7 +305,9 @@ class OidcVerifier:
         except (JoseError, ValueError, TypeError) as exc:
             raise InvalidToken(f"the token cannot be read: {exc}") from None
         claims = decoded.claims
-        self._check_claims(claims, time.time() if now is None else now)
+        self._check_claims(claims, time.time() if now is None else now, audience or self.audience)
+        if nonce is not None and claims.get("nonce") != nonce:
+            raise InvalidToken("the token's nonce is not the one this sign-in sent")
         return Claims(
             subject=str(claims["sub"]),
             name=self._display_name(claims),
@@ -303,12 +315,12 @@ class OidcVerifier:
             expires_at=float(claims["exp"]),
         )
 
-    def _check_claims(self, claims: Mapping[str, Any], now: float) -> None:
+    def _check_claims(self, claims: Mapping[str, Any], now: float, audience: str) -> None:
         registry = jwt.JWTClaimsRegistry(
             now=int(now),
             leeway=int(self.skew_s),
             iss={"essential": True, "value": self.issuer},
-            aud={"essential": True, "value": self.audience},
+            aud={"essential": True, "value": audience},
             exp={"essential": True},
             sub={"essential": True},
         )
@@ -322,16 +334,18 @@ class OidcVerifier:
         except MissingClaimError as exc:
             raise InvalidToken(f"the token has no {exc.claim!r} claim") from None
         except InvalidClaimError as exc:
-            raise InvalidToken(self._claim_problem(exc.claim, claims, now)) from None
+            raise InvalidToken(self._claim_problem(exc.claim, claims, now, audience)) from None
         except JoseError as exc:
             raise InvalidToken(f"the token's claims are not valid: {exc}") from None
 
-    def _claim_problem(self, claim: str, claims: Mapping[str, Any], now: float) -> str:
+    def _claim_problem(
+        self, claim: str, claims: Mapping[str, Any], now: float, audience: str
+    ) -> str:
         value = claims.get(claim)
         if claim == "iss":
             return f"the token was issued by {value!r}, not by {self.issuer!r}"
         if claim == "aud":
-            return f"the token's audience {value!r} does not include {self.audience!r}"
+            return f"the token's audience {value!r} does not include {audience!r}"
         if claim == "nbf" and isinstance(value, int | float):
             return f"the token is not valid before {_when(value)} (now {_when(now)})"
         if claim == "iat" and isinstance(value, int | float):

@@ -1,7 +1,8 @@
 """The operations routes every service serves, as a router of their own.
 
 `/health` (the process is alive), `/ready` (PostgreSQL and Kafka really answer, the
-service's consumers are started and none of them is failing), `/metrics` (Prometheus),
+service's consumers are started and none of them is failing; with an identity provider,
+its keys could be read), `/metrics` (Prometheus),
 and `/asyncapi` with `/asyncapi.json`: the AsyncAPI document of the topics the service
 consumes and publishes (the page renders it with assets the service serves itself:
 `shared.docs_pages`). No token: they are for operators and orchestrators.
@@ -64,6 +65,7 @@ async def readiness(runtime: Runtime) -> Check:
         await asyncio.gather(
             check("postgresql", lambda: ping(runtime.engine)),
             check("kafka", lambda: probe_kafka(settings)),
+            *(check(name, probe) for name, probe in runtime.probes.items()),
         )
     )
     if results["kafka"] == "ok" and not runtime.broker_started.is_set():

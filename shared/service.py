@@ -61,6 +61,8 @@ class Runtime:
     consumers: ConsumerHealth = field(init=False)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # More of `/ready`'s checks, by name: each raises when its dependency is unusable.
+    probes: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.consumers = ConsumerHealth(

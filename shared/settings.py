@@ -62,12 +62,19 @@ class Settings(BaseSettings):
     scheduler_port: int = Field(default=8001, ge=1, le=65535)
     dispatcher_port: int = Field(default=8002, ge=1, le=65535)
     reporter_port: int = Field(default=8003, ge=1, le=65535)
-    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=lambda: [SecretStr("dev-token")]
-    )
+    # Where the API's console reaches the reporter (the Reports page's preview and
+    # send-now); unset: this host's REPORTER_PORT.
+    reporter_url: AnyHttpUrl | None = None
+    # Development mode (`make dev` and the tests set it): the static API_TOKENS are
+    # accepted, each as `admin`, and the console may sign sessions with a per-process
+    # key. Off (the default), a service with an HTTP action refuses to start with
+    # static tokens or without the credentials it needs (see `credential_problems`).
+    dev_mode: bool = False
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # The operator console (/console/ on the API): the key that signs its session
-    # cookies (unset: a random key per process, so sessions end when the API restarts
-    # and each API replica signs its own), and how long a sign-in lasts.
+    # cookies (unset, development mode only: a random key per process, so sessions end
+    # when the API restarts and each API replica signs its own), and how long a
+    # sign-in lasts.
     console_session_secret: SecretStr | None = None
     console_session_ttl_s: PositiveInt = 43200
     ready_timeout_s: PositiveFloat = 3.0
@@ -93,6 +100,11 @@ class Settings(BaseSettings):
     # A token signed by a key not in the cached key set refetches the set at most this
     # often, and each request to the provider gives up after OIDC_HTTP_TIMEOUT_S.
     oidc_jwks_min_refresh_s: float = Field(default=10.0, ge=0, le=3600)
+    # The console's client at the provider (authorization code with PKCE; a public
+    # client unless OIDC_CONSOLE_CLIENT_SECRET is set) and the scopes it asks for.
+    oidc_console_client_id: str = "notifications-console"
+    oidc_console_client_secret: SecretStr | None = None
+    oidc_console_scopes: str = "openid profile"
     oidc_http_timeout_s: PositiveFloat = 5.0
 
     # --- external SMS gateway -------------------------------------------------------
@@ -197,7 +209,7 @@ class Settings(BaseSettings):
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
             tokens = [part.strip() for part in value.split(",") if part.strip()]
-            if not tokens:
+            if not tokens and value.strip():
                 raise ValueError("give at least one token (comma-separated)")
             return tokens
         return value
@@ -367,6 +379,13 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def reporter_base_url(self) -> str:
+        if self.reporter_url is not None:
+            return str(self.reporter_url).rstrip("/")
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return f"http://{host}:{self.reporter_port}"
+
+    @property
     def reports_enabled(self) -> bool:
         return bool(self.report_recipients)
 
@@ -377,6 +396,26 @@ class Settings(BaseSettings):
 
     def token_values(self) -> list[str]:
         return [token.get_secret_value() for token in self.api_tokens]
+
+    def credential_problems(self, *, signs_sessions: bool) -> list[str]:
+        """Why a service with HTTP actions must not start with these settings, outside
+        development mode: static tokens (shared, all-powerful, unattributable) or an
+        unset session key. Empty in development mode."""
+        if self.dev_mode:
+            return []
+        problems = []
+        if self.api_tokens:
+            problems.append(
+                "API_TOKENS: static tokens are accepted in development mode only "
+                "(DEV_MODE=true, as `make dev` sets); outside it use the identity "
+                "provider (OIDC_ISSUER) or API keys"
+            )
+        if signs_sessions and self.console_session_secret is None:
+            problems.append(
+                "CONSOLE_SESSION_SECRET: required outside development mode (every API "
+                "process must sign console sessions with the same key)"
+            )
+        return problems
 
 
 _SECRET = re.compile("TOKEN|PASSWORD|SECRET")
@@ -418,6 +457,17 @@ def describe_errors(exc: ValidationError) -> str:
         shown = "***" if _SECRET.search(variable) else repr(error.get("input"))
         lines.append(f"  {variable}: {error['msg']} (got {shown})")
     return "\n".join(lines)
+
+
+def refuse_unsafe_credentials(settings: Settings, *, signs_sessions: bool) -> None:
+    """Stop a service with HTTP actions before it serves anything with credentials that
+    only a development stack may use (`Settings.credential_problems`)."""
+    problems = settings.credential_problems(signs_sessions=signs_sessions)
+    if problems:
+        raise SettingsError(
+            "refusing to start outside development mode:\n"
+            + "\n".join(f"  {problem}" for problem in problems)
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

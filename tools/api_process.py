@@ -30,6 +30,7 @@ def api_process(
     env = {
         **os.environ,
         "API_PORT": str(port),
+        "DEV_MODE": "true",
         "API_TOKENS": TOKEN,
         "LOG_LEVEL": "WARNING",
         "LOG_FILE": "",

@@ -133,6 +133,8 @@ class Stack:
             **os.environ,
             "DATABASE_URL": self.postgres.url,
             "KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            # The local stack is the development mode: the static token acts as admin.
+            "DEV_MODE": os.environ.get("DEV_MODE", "true"),
             "API_TOKENS": os.environ.get("API_TOKENS", DEV_TOKEN),
         }
         env.setdefault("OIDC_ISSUER", self.keycloak.issuer)

@@ -9,10 +9,14 @@ from starlette.staticfiles import StaticFiles
 
 from services.api import console, errors
 from services.api.body_limit import BodyLimitMiddleware
+from services.api.console.provider_login import TokenRefresh
 from services.api.routes import clients, control, mailings
 from shared.asyncapi import Published
+from shared.auth import ConsoleSessions
+from shared.auth.checks import install_bearer_checks
 from shared.logging import get_logger
 from shared.service import create_service_app
+from shared.settings import refuse_unsafe_credentials
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -47,14 +51,20 @@ def wire(runtime: Runtime) -> Start:
 
     async def start(app: FastAPI) -> None:
         app.state.relay = relay
+        install_bearer_checks(app, runtime)
+        oidc = getattr(app.state, "oidc", None)
+        app.state.console_sessions = ConsoleSessions(
+            runtime.settings,
+            runtime.sessions,
+            refresher=TokenRefresh(runtime.settings, oidc) if oidc is not None else None,
+        )
         runtime.spawn(relay.run(runtime.broker_started), name="outbox-relay")
 
     return start
 
 
 def create_app(settings: Settings) -> FastAPI:
-    if "dev-token" in settings.token_values():
-        log.warning("dev_token_accepted", hint="set API_TOKENS outside the local stack")
+    refuse_unsafe_credentials(settings, signs_sessions=True)
     app = create_service_app(
         service="api",
         settings=settings,

@@ -40,7 +40,7 @@ from sqlalchemy import and_, or_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from services.reporter.mailer import MailError, SmtpMailer
-from services.reporter.render import compose, daily_message_id
+from services.reporter.render import compose, daily_message_id, render_html, subject
 from services.reporter.report import Report, build_report
 from services.reporter.schedule import Schedule
 from shared.logging import get_logger
@@ -124,6 +124,12 @@ class Reports:
         return bool(self.recipients)
 
     # --- on request -----------------------------------------------------------------
+
+    async def preview(self) -> tuple[str, str]:
+        """The report as of now, as it would be mailed: (subject, HTML). Sends nothing."""
+        now = self.clock()
+        report = await self._build(now, self.schedule.local_date(now), scheduled=False)
+        return subject(report, self.schedule), render_html(report, self.schedule)
 
     async def send_now(self, recipients: list[str]) -> SentNow:
         """Build and send a report now; one attempt, MailError when it is not taken.

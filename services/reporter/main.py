@@ -11,8 +11,10 @@ from services.reporter import daily, reconcile
 from services.reporter.counters import Counters
 from services.reporter.handlers import subscribe
 from services.reporter.routes import reports
+from shared.auth.checks import install_bearer_checks
 from shared.logging import get_logger
 from shared.service import create_service_app
+from shared.settings import refuse_unsafe_credentials
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -59,6 +61,7 @@ async def _maintain(counters: Counters, settings: Settings, started: asyncio.Eve
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    refuse_unsafe_credentials(settings, signs_sessions=False)
     return create_service_app(
         service="reporter",
         settings=settings,
@@ -77,6 +80,7 @@ def wire(runtime: Runtime, *, start_reports: Setup) -> Start:
     subscribe(runtime, counters)
 
     async def start(app: FastAPI) -> None:
+        install_bearer_checks(app, runtime)
         runtime.spawn(
             _maintain(counters, settings, runtime.broker_started), name="counter-maintenance"
         )

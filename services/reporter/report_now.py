@@ -11,6 +11,7 @@ Exits 0 when the SMTP server took the report, 1 otherwise, saying why.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import httpx
@@ -24,8 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="report-now", description=__doc__.split("\n")[0])
     parser.add_argument("--to", help="comma-separated recipients instead of REPORT_RECIPIENTS")
     parser.add_argument("--url", default=f"http://{host}:{settings.reporter_port}")
-    parser.add_argument("--token", default=settings.token_values()[0])
+    tokens = settings.token_values()
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("NOTIFICATIONS_TOKEN") or (tokens[0] if tokens else None),
+        help="an admin credential (default: NOTIFICATIONS_TOKEN, else the first of API_TOKENS)",
+    )
     args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("no credential: give --token, or set NOTIFICATIONS_TOKEN or API_TOKENS")
 
     url = f"{args.url.rstrip('/')}/reports/send"
     try:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from tests.support.infra import Infra
+    from tests.support.report_helpers import SmtpServer
 
 # Ceiling for a mailing's messages to reach the sandbox on this machine (not a measure).
 FINISH_MS = 90_000
@@ -298,6 +299,64 @@ async def test_replay_sends_a_failed_message_again(offline_page: Page, pipeline:
     )
     accepted = [msg for msg, _ in await pipe.control.accepted()]
     assert all(accepted.count(message) == 2 for message in failed)
+
+
+@pytest.fixture
+async def reporting_pipeline(
+    infra: Infra, tmp_path: Path, smtp: SmtpServer
+) -> AsyncIterator[Pipeline]:
+    """The stack with the reporter mailing a real SMTP server (aiosmtpd, in the test)."""
+    pipe = Pipeline(
+        infra,
+        tmp_path,
+        env={
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "SMTP_TLS": "none",
+            "REPORT_FROM": "reports@example.com",
+        },
+    )
+    await pipe.start()
+    try:
+        yield pipe
+    finally:
+        await pipe.stop()
+
+
+async def test_reports_page_previews_the_report_and_sends_it_now(
+    offline_page: Page, reporting_pipeline: Pipeline, smtp: SmtpServer
+) -> None:
+    page, pipe = offline_page, reporting_pipeline
+    tag = f"report-{uuid.uuid4().hex[:8]}"
+    marker = f"Report marker {tag}"
+    await pipe.clients(2, tag=[tag])
+    mailing = await pipe.mailing(text=marker, tag=[tag], **running_now())
+    await pipe.settled(mailing["id"])
+    await sign_in(page, pipe)
+    await page.goto(f"{base(pipe)}/console/reports")
+    # The reporter's own HTML, framed: the mailing with its text and counts.
+    report = page.frame_locator("iframe[title='Daily report preview']")
+    await expect(report.get_by_role("heading", name=re.compile(marker))).to_be_visible()
+    await expect(report.get_by_role("heading", name=re.compile(marker))).to_contain_text(
+        f"Mailing {mailing['id']}"
+    )
+    assert smtp.inbox.received == []  # looking sends nothing
+
+    await page.get_by_label(re.compile("^Recipients")).fill("ops@example.com, lead@example.org")
+    await page.get_by_role("button", name="Send the report now").click()
+    await expect(page.locator("#report-sent")).to_contain_text(
+        "to ops@example.com, lead@example.org"
+    )
+    assert len(smtp.inbox.received) == 1
+    received = smtp.inbox.received[0]
+    assert received.recipients == ["ops@example.com", "lead@example.org"]
+    assert marker in received.part("html")
+
+    # A bad address: the reporter's answer, naming it, and nothing sent.
+    await page.get_by_label(re.compile("^Recipients")).fill("not-an-address")
+    await page.get_by_role("button", name="Send the report now").click()
+    await expect(page.locator("#report-error")).to_contain_text("not-an-address")
+    assert len(smtp.inbox.received) == 1
 
 
 async def test_screenshots_of_each_page(

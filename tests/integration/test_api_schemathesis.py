@@ -36,6 +36,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
         "KAFKA_TOPIC_PREFIX": "schemathesis.",
         "API_PORT": str(port),
+        "DEV_MODE": "true",
         "API_TOKENS": "fuzz-token",
         "LOG_FILE": str(tmp_path / "api.log"),
         "LOG_LEVEL": "WARNING",

@@ -1,5 +1,5 @@
-"""The operator console's sign-in and the API's cookie authentication: a signed
-HttpOnly SameSite=Strict session cookie, the CSRF token unsafe methods need with it,
+"""The operator console's sign-in and the API's cookie authentication: an HttpOnly
+SameSite=Strict cookie naming a server-side session, the CSRF token unsafe methods need with it,
 sign-out, and the pages rendering (in-process API on the real PostgreSQL and Kafka)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from httpx import ASGITransport, AsyncClient
 
-from shared.auth import SESSION_COOKIE
+from shared.auth import SESSION_COOKIE, Principal, Role
 from tests.support.api_helpers import phone
 
 if TYPE_CHECKING:
@@ -147,9 +147,9 @@ async def test_sign_out_needs_its_csrf_and_then_ends_the_session(browser: AsyncC
     assert SESSION_COOKIE not in browser.cookies
     assert (await browser.get("/api/v1/clients/")).status_code == 401
     assert (await browser.get("/console/mailings", follow_redirects=False)).status_code == 303
-    # The cleared cookie is gone from the browser; a copy kept elsewhere is still signed
-    # and valid until it expires (stateless sessions): sign-out is the browser's.
-    assert kept
+    # A copy of the cookie kept elsewhere ends with the session: it is server-side.
+    copied = await browser.get("/api/v1/clients/", headers={"Cookie": f"{SESSION_COOKIE}={kept}"})
+    assert copied.status_code == 401
 
 
 async def test_pages_render_with_labelled_fields_and_local_assets(browser: AsyncClient) -> None:
@@ -182,3 +182,52 @@ async def test_pages_render_with_labelled_fields_and_local_assets(browser: Async
     assert script.status_code == 200
     assert "X-CSRF-Token" in script.text
     assert (await browser.get("/console/static/console.css")).status_code == 200
+
+
+async def _cookie_for(api: ApiClient, role: Role) -> dict[str, str]:
+    store = api.app.state.console_sessions
+    principal = Principal(actor=f"{role}-user", role=role, via="oidc", subject=f"s-{role}")
+    cookie, session = await store.open(principal, "unused-credential")
+    return {"Cookie": f"{SESSION_COOKIE}={cookie}", "X-CSRF-Token": session.csrf}
+
+
+async def test_pages_show_only_what_the_role_may_do(api: ApiClient, browser: AsyncClient) -> None:
+    mailing = await api.http.post(
+        "/api/v1/notifications/",
+        json={
+            "date_time_start": "2031-01-01 00:00:00",
+            "date_time_stop": "2031-01-02 00:00:00",
+            "text": "roles",
+        },
+    )
+    assert mailing.status_code == 201, mailing.text
+    page = f"/console/mailings/{mailing.json()['id']}"
+    viewer, operator, admin = [await _cookie_for(api, role) for role in Role]
+
+    shown = (await browser.get(page, headers=viewer)).text
+    assert 'data-role="viewer"' in shown
+    assert "viewer-user · viewer" in shown
+    assert 'data-action="pause"' not in shown
+    assert 'id="replay-form"' not in shown
+    assert "Read-only: changing a mailing needs the operator role" in shown
+    assert (
+        "/console/mailings/new" not in (await browser.get("/console/mailings", headers=viewer)).text
+    )
+    assert 'id="client-form"' not in (await browser.get("/console/clients", headers=viewer)).text
+    refused = await browser.get("/console/mailings/new", headers=viewer)
+    assert refused.status_code == 403
+    assert "needs the operator role; you are viewer" in refused.text
+    # The API behind the page refuses the same, whatever the page shows.
+    write = await browser.post("/api/v1/clients/", json={"telephone": phone()}, headers=viewer)
+    assert write.status_code == 403
+    assert write.json()["detail"] == "this needs the operator role; the caller has viewer"
+
+    shown = (await browser.get(page, headers=operator)).text
+    assert 'data-action="pause"' in shown
+    assert 'id="replay-form"' in shown
+    assert 'data-action="delete"' not in shown
+    assert (await browser.get("/console/mailings/new", headers=operator)).status_code == 200
+    assert 'id="client-form"' in (await browser.get("/console/clients", headers=operator)).text
+
+    shown = (await browser.get(page, headers=admin)).text
+    assert 'data-action="delete"' in shown

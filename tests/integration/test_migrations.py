@@ -26,6 +26,7 @@ TABLES = {
     "processed_event",
     "mailing_status_count",
     "daily_report",
+    "console_session",
 }
 
 

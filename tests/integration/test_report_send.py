@@ -131,6 +131,37 @@ async def test_send_now_to_given_addresses(
     assert await report_row(sessions, DAY) is None
 
 
+async def test_preview_shows_the_report_and_sends_nothing(
+    infra: Infra,
+    sessions: async_sessionmaker[AsyncSession],
+    no_report_days: None,
+    smtp: SmtpServer,
+) -> None:
+    clients = await add_clients(sessions, 3)
+    mailing = await add_mailing(
+        sessions,
+        clients,
+        start_at=local(DAY, 6),
+        stop_at=local(DAY, 20),
+        text="Preview <me>",
+        messages=[*many("sent", 2), *many("failed", 1, "gateway 400: invalid number")],
+    )
+    settings = reporter_settings(infra, smtp.port, report_recipients="ops@example.com")
+    async for client in serve(create_app(settings, clock=Clock(local(DAY, 14, 5)))):
+        response = await client.get("/reports/preview", headers=TOKEN)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["X-Report-Subject"] == (
+            "Notifications report 9999-03-10 14:05 (on request): 1 mailing, 2 sent, "
+            "1 undelivered, 66.7% delivered"
+        )
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert f"Mailing {mailing}: &ldquo;Preview &lt;me&gt;&rdquo;" in response.text
+        assert "gateway 400: invalid number" in response.text
+        assert (await client.get("/reports/preview")).status_code == 401
+    assert smtp.inbox.received == []
+
+
 async def test_send_now_to_the_configured_recipients(
     infra: Infra,
     sessions: async_sessionmaker[AsyncSession],
@@ -243,6 +274,7 @@ async def test_report_now_asks_the_running_reporter(
         "KAFKA_PARTITIONS": "1",
         "REPORTER_PORT": str(port),
         "LOG_FILE": str(tmp_path / "reporter.log"),
+        "DEV_MODE": "true",
         "API_TOKENS": "cli-token",
         "REPORT_RECIPIENTS": "",
         "SMTP_HOST": "127.0.0.1",

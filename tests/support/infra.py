@@ -28,6 +28,9 @@ def make_settings(infra: Infra, **overrides: object) -> Settings:
         "kafka_topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
         "kafka_partitions": 3,
         "log_file": None,
+        # Static test tokens act as admin in development mode (tests of the other
+        # modes set it off).
+        "dev_mode": True,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -81,12 +81,15 @@ class Pipeline:
             conn.execute(f'CREATE DATABASE "{self.name}" TEMPLATE "{TEMPLATE}"')
         base_url = await asyncio.to_thread(self.sandbox.start, None, self.faults or None)
         self.control = SandboxControl(self.sandbox.control_url)
+        # Ports known before any start: the API's console reaches the reporter by its URL.
+        first_ports = {service: free_port() for service in self.services}
         self.base_env = {
             **os.environ,
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP": self.infra.kafka_bootstrap,
             "KAFKA_TOPIC_PREFIX": f"{self.name}.",
             "KAFKA_PARTITIONS": "3",
+            "DEV_MODE": "true",
             "API_TOKENS": TOKEN,
             "PROVIDER_URL": f"{base_url}/v1",
             "PROVIDER_TOKEN": "sandbox-token",
@@ -99,10 +102,11 @@ class Pipeline:
             "BREAKER_OPEN_MAX_S": "4",
             "LOG_FILE": str(self.log_file),
             "LOG_LEVEL": "INFO",
+            "REPORTER_URL": f"http://127.0.0.1:{first_ports.get('reporter', 9)}",
             **self.env,
         }
         for service in self.services:
-            self.launch(service)
+            self.launch(service, port=first_ports[service])
         await asyncio.gather(*(self.wait_ready(service) for service in self.services))
         self.api = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.ports['api']}",
@@ -110,13 +114,13 @@ class Pipeline:
             timeout=30,
         )
 
-    def launch(self, service: str, name: str | None = None) -> None:
+    def launch(self, service: str, name: str | None = None, port: int | None = None) -> None:
         name = name or service
         running = self.processes.get(name)
         if running is not None and running.poll() is None:
             # Replacing it in `processes` would leave it running after stop().
             raise RuntimeError(f"{name} is already running; kill it first or use another name")
-        port = free_port()
+        port = port or free_port()
         self.ports[name] = port
         env = {**self.base_env, f"{service.upper()}_PORT": str(port)}
         self.processes[name] = subprocess.Popen(

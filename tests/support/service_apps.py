@@ -32,6 +32,7 @@ def offline_settings() -> Settings:
         kafka_topic_prefix="docs.",
         retry_delays_s="1,2,3",
         log_file=None,
+        dev_mode=True,
     )
 
 

@@ -20,8 +20,7 @@ from services.reporter.main import create_app as reporter_app
 from services.scheduler.main import create_app as scheduler_app
 from shared.events import ClientEvent, MailingEvent, SendMessage, StatusEvent
 from shared.kafka import topics_from
-from shared.settings import load_settings
-from tools.infra import free_port
+from tests.support.service_apps import offline_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,14 +77,7 @@ APPS: dict[str, Callable[[Settings], FastAPI]] = {
 @pytest.fixture
 def offline() -> Settings:
     """Settings whose PostgreSQL and Kafka are not there."""
-    port = free_port()
-    return load_settings(
-        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere",
-        kafka_bootstrap=f"127.0.0.1:{port}",
-        kafka_topic_prefix="docs.",
-        retry_delays_s="1,2,3",
-        log_file=None,
-    )
+    return offline_settings()
 
 
 async def fetch(app: FastAPI, *paths: str) -> list[Any]:

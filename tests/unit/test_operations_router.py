@@ -14,7 +14,7 @@ from shared.settings import Settings
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     # No `with`: the lifespan does not run, nothing connects.
-    return TestClient(create_app(Settings(api_tokens="unit-token")))
+    return TestClient(create_app(Settings(api_tokens="unit-token", dev_mode=True)))
 
 
 def test_health_answers_without_dependencies(client: TestClient) -> None:

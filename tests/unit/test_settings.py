@@ -12,11 +12,13 @@ import pytest
 from shared.settings import Settings, SettingsError, load_settings
 
 
-def test_defaults_are_the_local_development_stack() -> None:
+def test_defaults_are_the_local_stack_without_credentials() -> None:
     settings = Settings(_env_file=None)
     assert settings.api_port == 8000
     assert settings.http_host == "127.0.0.1"
-    assert settings.token_values() == ["dev-token"]
+    # No credential by default: development mode and its tokens are asked for.
+    assert settings.token_values() == []
+    assert settings.dev_mode is False
     assert str(settings.log_file) == "statistic.log"
     assert settings.retry_delays_s == [5.0, 30.0, 120.0, 600.0]
 

@@ -105,6 +105,7 @@ class Bench:
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP": self.bootstrap,
             "KAFKA_TOPIC_PREFIX": f"{self.name}.",
+            "DEV_MODE": "true",
             "API_TOKENS": TOKEN,
             "PROVIDER_URL": self.sandbox.provider_url,
             "LOG_FILE": str(self.log_file),

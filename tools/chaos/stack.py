@@ -235,6 +235,7 @@ class Stack:
             **SERVICE_ENV,
             "DATABASE_URL": self.postgres.url,
             "KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "DEV_MODE": "true",
             "API_TOKENS": TOKEN,
             "PROVIDER_URL": self.sandbox.provider_url,
             "PROVIDER_TOKEN": "sandbox-token",

@@ -3,149 +3,80 @@
 from __future__ import annotations
 
 import secrets
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
-from zoneinfo import available_timezones
 
-from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import HTMLResponse, RedirectResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import RedirectResponse
 
+from services.api.console.pages import (
+    SIGN_IN_CSRF_COOKIE,
+    form_fields,
+    open_session,
+    render,
+    sign_in_page,
+    to_sign_in,
+    zones,
+)
+from services.api.console.provider_login import end_session_url
 from shared.auth import (
     SESSION_COOKIE,
+    ConsoleSessions,
+    Principal,
+    Role,
     Session,
     csrf_ok,
-    new_session,
+    principal_for,
     request_session,
-    sign_value,
-    token_is_valid,
     unsign_value,
-)
-
-HERE = Path(__file__).resolve().parent
-STATIC = HERE / "static"
-SIGN_IN_CSRF_COOKIE = "console_signin_csrf"
-# The form carrying a token is small; anything larger is not ours.
-FORM_MAX_BYTES = 8192
-# No script, style or image from anywhere but this service; no framing.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
-_templates = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
 )
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
-PAGES = {
-    "mailings": "Mailings",
-    "clients": "Clients",
-    "reports": "Reports",
-}
 
-
-@lru_cache(maxsize=1)
-def zones() -> list[str]:
-    return sorted(available_timezones())
-
-
-def _render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(pages=PAGES, **context)
-    return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
-
-
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > FORM_MAX_BYTES:
-        return {}
-    try:
-        parsed = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return {key: values[0] for key, values in parsed.items()}
-
-
-def _sign_in_page(request: Request, code: int = 200, error: str | None = None) -> HTMLResponse:
-    """The form with a fresh CSRF value, mirrored in a signed cookie (double submit)."""
-    settings = request.app.state.runtime.settings
-    csrf = secrets.token_urlsafe(24)
-    response = _render(
-        "sign_in.html", code, csrf=csrf, error=error, page="sign-in", title="Sign in"
-    )
-    response.set_cookie(
-        SIGN_IN_CSRF_COOKIE,
-        sign_value(settings, csrf),
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-        path="/console/",
-    )
-    return response
-
-
-def _to_sign_in() -> RedirectResponse:
-    return RedirectResponse("/console/sign-in", status_code=status.HTTP_303_SEE_OTHER)
-
-
-@router.get("/sign-in")
+@router.get("/sign-in", name="sign_in_form")
 async def sign_in_form(request: Request) -> Response:
-    if request_session(request) is not None:
+    if await request_session(request) is not None:
         return RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
-    return _sign_in_page(request)
+    return sign_in_page(request)
 
 
 @router.post("/sign-in")
 async def sign_in(request: Request) -> Response:
     settings = request.app.state.runtime.settings
-    form = await _form(request)
+    form = await form_fields(request)
     expected = unsign_value(settings, request.cookies.get(SIGN_IN_CSRF_COOKIE, ""))
     given = form.get("csrf", "")
     if expected is None or not secrets.compare_digest(given.encode(), expected.encode()):
-        return _sign_in_page(
+        return sign_in_page(
             request,
             status.HTTP_403_FORBIDDEN,
             "The form expired or came from elsewhere: try again.",
         )
-    token = form.get("token", "")
-    if not token or not token_is_valid(settings, token):
-        return _sign_in_page(request, status.HTTP_401_UNAUTHORIZED, "That token is not valid.")
-    cookie, _ = new_session(settings, token)
-    response = RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=settings.console_session_ttl_s,
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-        path="/",
-    )
-    response.delete_cookie(SIGN_IN_CSRF_COOKIE, path="/console/")
-    return response
+    token = form.get("token", "").strip()
+    principal = await _token_principal(request, token)
+    if principal is None:
+        return sign_in_page(request, status.HTTP_401_UNAUTHORIZED, "That token is not valid.")
+    return await open_session(request, principal, token)
+
+
+async def _token_principal(request: Request, token: str) -> Principal | None:
+    """Who a pasted credential is (an API key, or a development token in development
+    mode), or None when it is refused."""
+    if not token:
+        return None
+    try:
+        return await principal_for(request, token)
+    except HTTPException:
+        return None
 
 
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
-    session = request_session(request)
-    form = await _form(request)
+    session = await request_session(request)
+    form = await form_fields(request)
     if session is not None and not csrf_ok(session, form.get("csrf")):
-        return _render(
+        return render(
+            request,
             "message.html",
             status.HTTP_403_FORBIDDEN,
             page="error",
@@ -153,37 +84,60 @@ async def sign_out(request: Request) -> Response:
             message="The sign-out form came without its CSRF token: use the button.",
             session=session,
         )
-    response = _to_sign_in()
+    elsewhere = None
+    if session is not None:
+        store: ConsoleSessions = request.app.state.console_sessions
+        await store.close(request.cookies.get(SESSION_COOKIE, ""))
+        elsewhere = await end_session_url(request, session)
+    # Signed out here; then at the provider too, which sends the browser back to sign-in.
+    response: Response = (
+        RedirectResponse(elsewhere, status_code=status.HTTP_303_SEE_OTHER)
+        if elsewhere
+        else to_sign_in()
+    )
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 
-def _page(request: Request, template: str, page: str, **context: Any) -> Response:
-    session: Session | None = request_session(request)
+async def _page(
+    request: Request, template: str, page: str, needs: Role = Role.VIEWER, **context: Any
+) -> Response:
+    session: Session | None = await request_session(request)
     if session is None:
-        return _to_sign_in()
-    return _render(template, page=page, session=session, **context)
+        return to_sign_in()
+    if not session.principal.may(needs):
+        return render(
+            request,
+            "message.html",
+            status.HTTP_403_FORBIDDEN,
+            page="error",
+            title="Not for your role",
+            message=f"This page needs the {needs} role; you are {session.principal.role}.",
+            session=session,
+        )
+    return render(request, template, page=page, session=session, **context)
 
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    if request_session(request) is None:
-        return _to_sign_in()
+    if await request_session(request) is None:
+        return to_sign_in()
     return RedirectResponse("/console/mailings", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.get("/mailings")
 async def mailings_page(request: Request) -> Response:
-    return _page(request, "mailings.html", "mailings", title="Mailings")
+    return await _page(request, "mailings.html", "mailings", title="Mailings")
 
 
 @router.get("/mailings/new")
 async def new_mailing_page(request: Request) -> Response:
-    return _page(
+    return await _page(
         request,
         "mailing_form.html",
         "mailing-form",
         title="New mailing",
+        needs=Role.OPERATOR,
         mailing_id=None,
         zones=zones(),
     )
@@ -191,18 +145,19 @@ async def new_mailing_page(request: Request) -> Response:
 
 @router.get("/mailings/{mailing_id}")
 async def mailing_page(request: Request, mailing_id: int) -> Response:
-    return _page(
+    return await _page(
         request, "mailing.html", "mailing", title=f"Mailing {mailing_id}", mailing_id=mailing_id
     )
 
 
 @router.get("/mailings/{mailing_id}/edit")
 async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
-    return _page(
+    return await _page(
         request,
         "mailing_form.html",
         "mailing-form",
         title=f"Edit mailing {mailing_id}",
+        needs=Role.OPERATOR,
         mailing_id=mailing_id,
         zones=zones(),
     )
@@ -210,9 +165,4 @@ async def edit_mailing_page(request: Request, mailing_id: int) -> Response:
 
 @router.get("/clients")
 async def clients_page(request: Request) -> Response:
-    return _page(request, "clients.html", "clients", title="Clients", zones=zones())
-
-
-@router.get("/reports")
-async def reports_page(request: Request) -> Response:
-    return _page(request, "reports.html", "reports", title="Reports")
+    return await _page(request, "clients.html", "clients", title="Clients", zones=zones())

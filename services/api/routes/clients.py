@@ -23,12 +23,12 @@ from services.api.schemas import (
     TagName,
     Zone,
 )
-from shared.auth import require_token
+from shared.auth import ADMIN, OPERATOR, VIEWER
 
 router = APIRouter(
     prefix="/api/v1/clients",
     tags=["clients"],
-    dependencies=[Depends(bind_path_ids), Depends(require_token)],
+    dependencies=[Depends(bind_path_ids), VIEWER],
     responses={
         401: {"model": ErrorOut, "description": "Missing or wrong token"},
         422: {"model": ErrorOut, "description": "Invalid input, each bad field named"},
@@ -43,7 +43,13 @@ TAKEN: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/", status_code=status.HTTP_201_CREATED, responses=TAKEN, summary="Add a client")
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    responses=TAKEN,
+    dependencies=[OPERATOR],
+    summary="Add a client",
+)
 async def create_client(body: ClientIn, unit: UnitDep) -> ClientOut:
     async with unit.write() as session:
         return await clients.create_client(session, unit.topics, body)
@@ -66,6 +72,7 @@ _IMPORT_BODY = {
 
 @router.post(
     "/import/",
+    dependencies=[OPERATOR],
     summary="Import clients from a CSV or NDJSON file",
     description=(
         f"The body is the file, streamed: `{CSV}` with a header row "
@@ -149,13 +156,23 @@ async def get_client(client_id: ClientId, unit: UnitDep) -> ClientOut:
         return await clients.get_client(session, client_id)
 
 
-@router.put("/{client_id}/", responses=NOT_FOUND | TAKEN, summary="Replace a client")
+@router.put(
+    "/{client_id}/",
+    responses=NOT_FOUND | TAKEN,
+    dependencies=[OPERATOR],
+    summary="Replace a client",
+)
 async def replace_client(client_id: ClientId, body: ClientIn, unit: UnitDep) -> ClientOut:
     async with unit.write() as session:
         return await clients.update_client(session, unit.topics, client_id, body)
 
 
-@router.patch("/{client_id}/", responses=NOT_FOUND | TAKEN, summary="Change some fields")
+@router.patch(
+    "/{client_id}/",
+    responses=NOT_FOUND | TAKEN,
+    dependencies=[OPERATOR],
+    summary="Change some fields",
+)
 async def patch_client(client_id: ClientId, body: ClientPatch, unit: UnitDep) -> ClientOut:
     async with unit.write() as session:
         return await clients.update_client(session, unit.topics, client_id, body)
@@ -165,6 +182,7 @@ async def patch_client(client_id: ClientId, body: ClientPatch, unit: UnitDep) ->
     "/{client_id}/",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
+    dependencies=[ADMIN],
     summary="Delete a client (pending messages to it are cancelled; history stays)",
 )
 async def delete_client(client_id: ClientId, unit: UnitDep) -> Response:

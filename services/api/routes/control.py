@@ -11,12 +11,12 @@ from services.api import control
 from services.api.deps import UnitDep, bind_path_ids
 from services.api.routes.mailings import MailingId
 from services.api.schemas import ErrorOut, MailingOut, Replayed, ReplayIn
-from shared.auth import require_token
+from shared.auth import OPERATOR, VIEWER
 
 router = APIRouter(
     prefix="/api/v1/notifications",
     tags=["mailings"],
-    dependencies=[Depends(bind_path_ids), Depends(require_token)],
+    dependencies=[Depends(bind_path_ids), VIEWER],
     responses={
         401: {"model": ErrorOut, "description": "Missing or wrong token"},
         404: {"model": ErrorOut, "description": "No such mailing"},
@@ -31,6 +31,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/{mailing_id}/pause/",
     responses=CONFLICT,
+    dependencies=[OPERATOR],
     summary="Pause: no new request to the gateway until resumed (requests in flight finish)",
 )
 async def pause(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
@@ -41,6 +42,7 @@ async def pause(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 @router.post(
     "/{mailing_id}/resume/",
     responses=CONFLICT,
+    dependencies=[OPERATOR],
     summary="Resume a paused mailing, within its window and before its stop time",
 )
 async def resume(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
@@ -51,6 +53,7 @@ async def resume(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 @router.post(
     "/{mailing_id}/cancel/",
     responses=CONFLICT,
+    dependencies=[OPERATOR],
     summary="Cancel: every pending message becomes cancelled; history and counts stay",
 )
 async def cancel(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
@@ -60,6 +63,7 @@ async def cancel(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
 
 @router.post(
     "/{mailing_id}/replay/",
+    dependencies=[OPERATOR],
     summary="Replay failed messages (as `make replay-dlq` does): back to scheduled, due now",
 )
 async def replay(

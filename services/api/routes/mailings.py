@@ -19,12 +19,12 @@ from services.api.schemas import (
     MessageOut,
     Preview,
 )
-from shared.auth import require_token
+from shared.auth import ADMIN, OPERATOR, VIEWER
 
 router = APIRouter(
     prefix="/api/v1/notifications",
     tags=["mailings"],
-    dependencies=[Depends(bind_path_ids), Depends(require_token)],
+    dependencies=[Depends(bind_path_ids), VIEWER],
     responses={
         401: {"model": ErrorOut, "description": "Missing or wrong token"},
         422: {"model": ErrorOut, "description": "Invalid input, each bad field named"},
@@ -47,7 +47,9 @@ StatusFilter = Literal[
 ]
 
 
-@router.post("/", status_code=status.HTTP_201_CREATED, summary="Create a mailing")
+@router.post(
+    "/", status_code=status.HTTP_201_CREATED, dependencies=[OPERATOR], summary="Create a mailing"
+)
 async def create_mailing(body: MailingIn, unit: UnitDep) -> MailingOut:
     async with unit.write() as session:
         return await mailings.create_mailing(session, unit.topics, body)
@@ -99,6 +101,7 @@ async def get_mailing(mailing_id: MailingId, unit: UnitDep) -> MailingOut:
         **NOT_FOUND,
         409: {"model": ErrorOut, "description": "The mailing is cancelled: it cannot change"},
     },
+    dependencies=[OPERATOR],
     summary="Replace a mailing (sent messages stay; pending ones follow the new version)",
 )
 async def replace_mailing(mailing_id: MailingId, body: MailingIn, unit: UnitDep) -> MailingOut:
@@ -110,6 +113,7 @@ async def replace_mailing(mailing_id: MailingId, body: MailingIn, unit: UnitDep)
     "/{mailing_id}/",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=NOT_FOUND,
+    dependencies=[ADMIN],
     summary="Delete a mailing and its messages",
 )
 async def delete_mailing(mailing_id: MailingId, unit: UnitDep) -> Response:

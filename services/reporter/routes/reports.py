@@ -1,22 +1,23 @@
-"""`POST /reports/send`: the report now, to the configured recipients or to `?to=`."""
+"""The report on request: `GET /reports/preview` (its HTML, sending nothing) and
+`POST /reports/send` (now, to the configured recipients or to `?to=`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from services.reporter.daily import Reports
 from services.reporter.mailer import MailError
-from shared.auth import require_token
+from shared.auth import ADMIN, VIEWER
 from shared.logging import get_logger
 from shared.settings import email_address
 
 log = get_logger(__name__)
 
-router = APIRouter(prefix="/reports", tags=["reports"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/reports", tags=["reports"])
 
 
 class SentReport(BaseModel):
@@ -51,19 +52,52 @@ EXAMPLE = {
 }
 
 
+@router.get(
+    "/preview",
+    summary="Preview the report",
+    description=(
+        "The report as of now (mailings active in the last 24 hours, changes against the "
+        "last daily report), as the HTML part of the e-mail would show it; its subject "
+        "in the `X-Report-Subject` header. Nothing is sent. Needs the `viewer` role."
+    ),
+    response_class=HTMLResponse,
+    dependencies=[VIEWER],
+    responses={
+        200: {"content": {"text/html": {}}},
+        401: {"model": Problem, "description": "Missing or wrong token"},
+    },
+)
+async def preview_report(request: Request) -> HTMLResponse:
+    reports: Reports = request.app.state.reports
+    title, html = await reports.preview()
+    return HTMLResponse(
+        html,
+        headers={
+            "X-Report-Subject": title.encode("ascii", "backslashreplace").decode(),
+            # The report is a document, not an application: no script, no framing
+            # except by the console of the same site.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "img-src data:; frame-ancestors 'none'",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 @router.post(
     "/send",
+    dependencies=[ADMIN],
     summary="Send the report now",
     description=(
         "Builds the report as of now (mailings active in the last 24 hours, changes "
         "against the last daily report) and sends it, in one SMTP attempt, to "
         "`REPORT_RECIPIENTS` or to the addresses in `to` (repeat it or separate with "
-        "commas). The day's scheduled report is not affected."
+        "commas). The day's scheduled report is not affected. Needs the `admin` role."
     ),
     response_model=SentReport,
     responses={
         200: {"content": {"application/json": {"example": EXAMPLE}}},
         401: {"model": Problem, "description": "Missing or wrong token"},
+        403: {"model": Problem, "description": "The caller is not an admin"},
         409: {"model": Problem, "description": "No recipients: reports are not configured"},
         422: {"model": FieldProblems, "description": "An address in `to` is not valid"},
         502: {"model": Problem, "description": "The SMTP server did not take the report"},

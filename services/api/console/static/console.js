@@ -6,6 +6,11 @@
 const $ = (sel, root = document) => root.querySelector(sel);
 const CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 const REFRESH_MS = 2000;
+/* What the signed-in role may do (the pages leave out what it may not; the API refuses
+   it anyway): viewer reads, operator changes, admin also deletes. */
+const RANKS = { viewer: 0, operator: 1, admin: 2 };
+const may = (role) => (RANKS[document.body.dataset.role] ?? -1) >= RANKS[role];
+function setDisabled(selector, value) { const node = $(selector); if (node) node.disabled = value; }
 
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
@@ -165,9 +170,9 @@ async function mailingPage() {
     $("#status-counts tbody").replaceChildren(...statuses.map(([s, n]) =>
       el("tr", {}, el("td", { text: s }), el("td", { class: "num", text: fmt(n) }))));
     const paused = m.state === "paused", over = ["finished", "cancelled"].includes(m.state);
-    $('[data-action="pause"]').disabled = paused || over;
-    $('[data-action="resume"]').disabled = !paused;
-    $('[data-action="cancel"]').disabled = over;
+    setDisabled('[data-action="pause"]', paused || over);
+    setDisabled('[data-action="resume"]', !paused);
+    setDisabled('[data-action="cancel"]', over);
     samples.push([Date.now(), t.sent + t.undelivered]);
     if (samples.length > 300) samples.shift();
     $("#mailing-progress").dataset.refreshes = String(++refreshes);
@@ -207,7 +212,9 @@ async function mailingPage() {
     top = top.slice(0, 5);
     list.replaceChildren(...top.map(([reason, n]) => el("li", { text: `${reason} — ${fmt(n)}` })));
     if (!top.length) list.append(el("li", { text: "No failed messages." }));
-    const select = $("#replay-reason"), chosen = select.value;
+    const select = $("#replay-reason");
+    if (!select) return;
+    const chosen = select.value;
     select.replaceChildren(el("option", { value: "", text: "every failed message" }),
       ...top.map(([reason, n]) => el("option", { value: reason, text: `only "${reason}" (${fmt(n)})` })));
     select.value = top.some(([reason]) => reason === chosen) ? chosen : "";
@@ -252,7 +259,7 @@ async function mailingPage() {
 
   document.querySelectorAll("[data-action]").forEach((button) =>
     button.addEventListener("click", () => act(button.dataset.action)));
-  $("#replay-form").addEventListener("submit", async (event) => {
+  $("#replay-form")?.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!window.confirm("Send the failed messages of this mailing again?")) return;
     const reason = $("#replay-reason").value;
@@ -415,8 +422,8 @@ async function clientsPage() {
       el("td", { text: c.id }), el("td", { text: c.telephone }), el("td", { text: c.mobile_code }),
       el("td", { text: c.tag.map((t) => t.name).join(", ") }), el("td", { text: c.timezone }),
       el("td", {},
-        el("button", { type: "button", class: "secondary", "aria-label": `Edit client ${c.telephone}`, text: "Edit", onclick: () => edit(c) }), " ",
-        el("button", { type: "button", class: "danger", "aria-label": `Delete client ${c.telephone}`, text: "Delete", onclick: () => remove(c) })))));
+        ...(may("operator") ? [el("button", { type: "button", class: "secondary", "aria-label": `Edit client ${c.telephone}`, text: "Edit", onclick: () => edit(c) }), " "] : []),
+        ...(may("admin") ? [el("button", { type: "button", class: "danger", "aria-label": `Delete client ${c.telephone}`, text: "Delete", onclick: () => remove(c) })] : [])))));
     const count = result.data.count;
     $("#clients-range").textContent = count ? `${offset + 1}–${Math.min(offset + limit, count)} of ${fmt(count)}` : "No clients";
     $("#clients-prev").disabled = offset === 0;
@@ -438,7 +445,7 @@ async function clientsPage() {
     if (!result.ok) { notice(`Not deleted: ${problem(result)}`); return; }
     notice(`Client ${c.telephone} deleted.`, true); load();
   }
-  form.addEventListener("submit", async (event) => {
+  form?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const id = $("#c-id").value;
     const data = { telephone: $("#c-telephone").value.trim(),
@@ -448,12 +455,12 @@ async function clientsPage() {
     notice(`Client ${result.data.telephone} ${id ? "saved" : "added"} (id ${result.data.id}).`, true);
     reset(); load();
   });
-  $("#client-reset").addEventListener("click", reset);
+  $("#client-reset")?.addEventListener("click", reset);
   search.addEventListener("submit", (event) => { event.preventDefault(); offset = 0; load(); });
   $("#clients-prev").addEventListener("click", () => { offset = Math.max(0, offset - limit); load(); });
   $("#clients-next").addEventListener("click", () => { offset += limit; load(); });
 
-  $("#import-form").addEventListener("submit", (event) => {
+  $("#import-form")?.addEventListener("submit", (event) => {
     event.preventDefault();
     const file = $("#i-file").files[0];
     if (!file) return;

@@ -1,0 +1,61 @@
+"""Authentication and authorization of the services' HTTP actions (the admin API, the
+operator console, the reporter's send-now): roles, principals, bearer credentials,
+console sessions."""
+
+from shared.auth.bearer import (
+    ADMIN,
+    OPERATOR,
+    VIEWER,
+    BearerCheck,
+    Caller,
+    as_admin,
+    as_operator,
+    as_viewer,
+    authenticate,
+    install_checks,
+    principal_for,
+    require_role,
+)
+from shared.auth.roles import Forbidden, Principal, Role, Unauthorized, highest_role
+from shared.auth.sessions import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    ConsoleSessions,
+    Session,
+    csrf_ok,
+    dev_token_is_valid,
+    dev_token_principal,
+    request_session,
+    sign_value,
+    unsign_value,
+)
+
+__all__ = [
+    "ADMIN",
+    "CSRF_HEADER",
+    "OPERATOR",
+    "SESSION_COOKIE",
+    "VIEWER",
+    "BearerCheck",
+    "Caller",
+    "ConsoleSessions",
+    "Forbidden",
+    "Principal",
+    "Role",
+    "Session",
+    "Unauthorized",
+    "as_admin",
+    "as_operator",
+    "as_viewer",
+    "authenticate",
+    "csrf_ok",
+    "dev_token_is_valid",
+    "dev_token_principal",
+    "highest_role",
+    "install_checks",
+    "principal_for",
+    "request_session",
+    "require_role",
+    "sign_value",
+    "unsign_value",
+]
