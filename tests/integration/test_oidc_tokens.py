@@ -17,6 +17,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from playwright.async_api import expect
 
 from shared.oidc import InvalidToken, OidcVerifier
 from shared.settings import load_settings
@@ -189,7 +190,8 @@ async def test_a_user_signs_in_on_keycloaks_page_in_a_real_browser(
     await offline_page.goto(f"{document['authorization_endpoint']}?{query}")
     assert await offline_page.title() == "Sign in to Notifications"
     await sign_in_on_keycloak(offline_page, "admin", "wrong")
-    assert "Invalid username or password" in await offline_page.locator("body").inner_text()
+    # the page reloads with the error (expect waits for it)
+    await expect(offline_page.get_by_text("Invalid username or password.")).to_be_visible()
     await sign_in_on_keycloak(offline_page, "admin")
     await offline_page.wait_for_url(f"{callback}?*")
     returned = urllib.parse.parse_qs(urllib.parse.urlsplit(offline_page.url).query)
