@@ -240,6 +240,17 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("oidc_role_admin")
+    @classmethod
+    def _distinct_role_names(cls, value: str, info: ValidationInfo) -> str:
+        others = [info.data.get("oidc_role_viewer"), info.data.get("oidc_role_operator")]
+        if value in others or (others[0] is not None and others[0] == others[1]):
+            raise ValueError(
+                "OIDC_ROLE_VIEWER, OIDC_ROLE_OPERATOR and OIDC_ROLE_ADMIN must be three "
+                "different names"
+            )
+        return value
+
     @field_validator("oidc_roles_claim")
     @classmethod
     def _check_claim_path(cls, value: str) -> str:

@@ -7,17 +7,24 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from playwright.async_api import expect
 
 from shared.oidc import InvalidToken, OidcVerifier
 from shared.settings import load_settings
-from tests.support.keycloak import ROLES, Keycloak
+from tests.support.keycloak import ROLES, Keycloak, sign_in_on_keycloak
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page, Route
 
 
 def b64(data: bytes) -> str:
@@ -109,6 +116,100 @@ async def test_the_console_client_and_the_endpoints_it_needs(
             location = refused.headers["location"]
             assert location.startswith("http://127.0.0.1:8000/console/auth/callback?")
             assert "error=invalid_request" in location
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_the_console_signs_a_user_in_with_pkce_and_out_again(
+    keycloak: Keycloak, verifier: OidcVerifier, role: str
+) -> None:
+    callback = "http://127.0.0.1:8000/console/auth/callback"
+    tokens = keycloak.code_flow_tokens(role, callback)
+    claims = await verifier.verify(tokens["access_token"])
+    assert claims.name == role
+    assert claims.roles == {role}
+    # the ID token is for the console, not for the API: refused as an access token
+    assert "notifications-api" in await rejected(verifier, tokens["id_token"])
+    # the refresh token renews the session; the new access token verifies too
+    async with httpx.AsyncClient() as http:
+        refreshed = await http.post(
+            keycloak.token_endpoint(),
+            data={
+                "grant_type": "refresh_token",
+                "client_id": "notifications-console",
+                "refresh_token": tokens["refresh_token"],
+            },
+        )
+        assert refreshed.status_code == 200
+        assert (await verifier.verify(refreshed.json()["access_token"])).roles == {role}
+        # sign-out at the provider goes back to the console
+        logout = await http.get(
+            (await verifier.discovery())["end_session_endpoint"],
+            params={
+                "id_token_hint": tokens["id_token"],
+                "post_logout_redirect_uri": "http://127.0.0.1:8000/console/",
+            },
+        )
+        assert logout.status_code == 302
+        assert logout.headers["location"] == "http://127.0.0.1:8000/console/"
+        # the session is over: its refresh token no longer works
+        again = await http.post(
+            keycloak.token_endpoint(),
+            data={
+                "grant_type": "refresh_token",
+                "client_id": "notifications-console",
+                "refresh_token": refreshed.json()["refresh_token"],
+            },
+        )
+        assert again.status_code == 400
+
+
+async def test_a_user_signs_in_on_keycloaks_page_in_a_real_browser(
+    keycloak: Keycloak, verifier: OidcVerifier, offline_page: Page
+) -> None:
+    # the console is not needed to see where the provider sends the browser back to
+    callback = "http://127.0.0.1:8000/console/auth/callback"
+
+    async def console(route: Route) -> None:
+        await route.fulfill(status=200, content_type="text/plain", body="back at the console")
+
+    await offline_page.route(f"{callback}?*", console)
+    code_verifier = secrets.token_urlsafe(48)
+    challenge = b64(hashlib.sha256(code_verifier.encode()).digest())
+    document = await verifier.discovery()
+    query = urllib.parse.urlencode(
+        {
+            "client_id": "notifications-console",
+            "response_type": "code",
+            "scope": "openid",
+            "redirect_uri": callback,
+            "state": "st",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
+    await offline_page.goto(f"{document['authorization_endpoint']}?{query}")
+    assert await offline_page.title() == "Sign in to Notifications"
+    await sign_in_on_keycloak(offline_page, "admin", "wrong")
+    # the page reloads with the error (expect waits for it)
+    await expect(offline_page.get_by_text("Invalid username or password.")).to_be_visible()
+    await sign_in_on_keycloak(offline_page, "admin")
+    await offline_page.wait_for_url(f"{callback}?*")
+    returned = urllib.parse.parse_qs(urllib.parse.urlsplit(offline_page.url).query)
+    assert returned["state"] == ["st"]
+    async with httpx.AsyncClient() as http:
+        tokens = await http.post(
+            document["token_endpoint"],
+            data={
+                "grant_type": "authorization_code",
+                "client_id": "notifications-console",
+                "code": returned["code"][0],
+                "redirect_uri": callback,
+                "code_verifier": code_verifier,
+            },
+        )
+    assert tokens.status_code == 200, tokens.text
+    claims = await verifier.verify(tokens.json()["access_token"])
+    assert (claims.name, sorted(claims.roles)) == ("admin", ["admin"])
 
 
 async def test_an_expired_token_is_refused_past_the_skew(

@@ -8,16 +8,25 @@ realm of deploy/keycloak/notifications-realm.json and the admin/admin administra
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import os
+import re
+import secrets
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tools.infra.keycloak import ADMIN_PASSWORD, ADMIN_USER, PRESET_USERS, REALM, KeycloakServer
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 ROLES = ("viewer", "operator", "admin")
 AUDIENCE = "notifications-api"
@@ -34,6 +43,16 @@ def audience_mapper(audience: str = AUDIENCE) -> dict[str, Any]:
             "id.token.claim": "false",
         },
     }
+
+
+PASSWORDS = {name: secret for name, secret, _ in PRESET_USERS}
+
+
+async def sign_in_on_keycloak(page: Page, user: str, password: str | None = None) -> None:
+    """On Keycloak's own login page (the page is showing it): sign ``user`` in."""
+    await page.locator("#username").fill(user)
+    await page.locator("#password").fill(password or PASSWORDS[user])
+    await page.locator("#kc-login").click()
 
 
 @dataclass
@@ -78,16 +97,66 @@ class Keycloak:
             standardFlowEnabled=False,
             protocolMappers=[audience_mapper()],
         )[1]
-        passwords = {name: secret for name, secret, _ in PRESET_USERS}
         return self.grant(
             {
                 "grant_type": "password",
                 "client_id": client_id,
                 "username": user,
-                "password": password or passwords[user],
+                "password": password or PASSWORDS[user],
                 "scope": "openid",
             }
         )
+
+    def code_flow_tokens(
+        self, user: str, redirect_uri: str = "http://127.0.0.1:8000/console/auth/callback"
+    ) -> dict[str, Any]:
+        """What the console gets by signing ``user`` in: the authorization code flow with
+        PKCE (S256) of the ``notifications-console`` client, the login form of Keycloak's
+        own page filled in over HTTP (no browser). The token endpoint's answer."""
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        with httpx.Client(timeout=30, follow_redirects=False) as browser:
+            page = browser.get(
+                f"{self.issuer}/protocol/openid-connect/auth",
+                params={
+                    "client_id": "notifications-console",
+                    "response_type": "code",
+                    "scope": "openid",
+                    "redirect_uri": redirect_uri,
+                    "state": "s1",
+                    "code_challenge": challenge.rstrip(b"=").decode(),
+                    "code_challenge_method": "S256",
+                },
+            )
+            assert page.status_code == 200, page.text
+            action = re.search(r'<form[^>]*id="kc-form-login"[^>]*action="([^"]+)"', page.text)
+            assert action is not None, "no login form on Keycloak's page"
+            # Keycloak marks its cookies Secure; browsers send them to 127.0.0.1 over
+            # plain HTTP (a secure context), httpx does not: send them by hand
+            jar = "; ".join(f"{c.name}={c.value}" for c in page.cookies.jar)
+            answer = browser.post(
+                html.unescape(action.group(1)),
+                data={"username": user, "password": PASSWORDS[user], "credentialId": ""},
+                headers={"Cookie": jar},
+            )
+            assert answer.status_code == 302, answer.text
+            location = answer.headers["location"]
+            assert location.startswith(redirect_uri + "?"), location
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+            assert query["state"] == ["s1"]
+            tokens = browser.post(
+                f"{self.issuer}/protocol/openid-connect/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "client_id": "notifications-console",
+                    "code": query["code"][0],
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": verifier,
+                },
+            )
+            assert tokens.status_code == 200, tokens.text
+            result: dict[str, Any] = tokens.json()
+            return result
 
     def grant(self, form: dict[str, str], realm: str | None = None) -> str:
         response = self.http.post(self.token_endpoint(realm), data=form)
@@ -212,6 +281,19 @@ class Keycloak:
         kids = self.signing_kids(realm)
         assert len(kids) == 1, kids
         return kids[0]
+
+
+#: Seconds a test that uses the fixture may take: its setup may be Keycloak's first
+#: start ever on the machine (download, build, seed: 2.5-4 minutes here).
+FIRST_START_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests using `keycloak` get FIRST_START_TIMEOUT_S unless they set a timeout."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "keycloak" in fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FIRST_START_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")

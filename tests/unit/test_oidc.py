@@ -234,6 +234,19 @@ async def test_an_unreachable_provider_is_reported_and_retried_later(
     assert (await verifier.discovery())["end_session_endpoint"].endswith("/logout")
 
 
+async def test_a_verifier_is_made_while_the_provider_is_unreachable() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+    verifier = OidcVerifier(settings(), http)  # no request yet
+    problem = await verifier.problem()
+    assert problem is not None
+    assert "could not be read: ConnectError: connection refused" in problem
+    with pytest.raises(ProviderUnavailable):
+        await verifier.verify(FakeProvider().token())
+
+
 async def test_a_discovery_document_of_another_issuer_is_refused(provider: FakeProvider) -> None:
     provider.issuer = "https://other.example.test/realms/x"
     verifier = verifier_for(provider)
@@ -252,6 +265,7 @@ def test_settings_validate_the_oidc_variables() -> None:
         {"oidc_roles_claim": "realm_access..roles"},
         {"oidc_role_admin": " "},
         {"oidc_clock_skew_s": -1},
+        {"oidc_role_admin": "viewer"},
     ):
         with pytest.raises(SettingsError) as caught:
             load_settings(_env_file=None, **bad)

@@ -126,11 +126,8 @@ def _cmd_run(workdir_arg: str | None, command: Sequence[str], with_keycloak: boo
             pg_version = pg.description
             _say(f"{pg.description} at {LOCALHOST}:{pg.port} (workdir {pg.workdir})")
         if keycloak is not None:
-            env.update(
-                KEYCLOAK_URL=keycloak.url,
-                OIDC_ISSUER=keycloak.issuer,
-                INFRA_KEYCLOAK_VERSION=keycloak.description,
-            )
+            # not OIDC_ISSUER: it would switch every Settings of a test run to the provider
+            env.update(KEYCLOAK_URL=keycloak.url, INFRA_KEYCLOAK_VERSION=keycloak.description)
             _say(f"{keycloak.description} at {keycloak.url}, issuer {keycloak.issuer}")
         if servers:
             _say(f"ready in {elapsed:.1f}s")
@@ -180,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--keycloak",
         action="store_true",
-        help="also start Keycloak (unless KEYCLOAK_URL is set); CMD gets KEYCLOAK_URL and "
-        "OIDC_ISSUER",
+        help="also start Keycloak (unless KEYCLOAK_URL is set); CMD gets KEYCLOAK_URL "
+        "(the issuer: $KEYCLOAK_URL/realms/notifications)",
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     fetch = sub.add_parser("fetch-kafka", help="only download and cache the Kafka jars")
