@@ -26,6 +26,8 @@ TABLES = {
     "processed_event",
     "mailing_status_count",
     "daily_report",
+    "audience_zone_count",
+    "audience_tag_count",
 }
 
 
