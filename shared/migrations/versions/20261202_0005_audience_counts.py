@@ -187,8 +187,16 @@ _COMPACT = """
 """
 
 
+# A bulk statement's deltas are grouped by client, then by key: room for that in memory
+# (the default 4MB spilled 100,000 clients' tags to disk, 1.5x slower).
+WORK_MEM = "64MB"
+
+
 def _function(name: str, body: str, returns: str = "trigger") -> str:
-    return f"CREATE FUNCTION {name}() RETURNS {returns} LANGUAGE plpgsql AS $fn$\nBEGIN\n{body}\nEND\n$fn$"
+    return (
+        f"CREATE FUNCTION {name}() RETURNS {returns} LANGUAGE plpgsql "
+        f"SET work_mem = '{WORK_MEM}' AS $fn$\nBEGIN\n{body}\nEND\n$fn$"
+    )
 
 
 def _trigger(name: str, when: str, table: str, function: str, referencing: str = "") -> str:
