@@ -55,6 +55,8 @@ _MISMATCHES = f"""
         (TABLE truth_code EXCEPT TABLE code) UNION ALL (TABLE code EXCEPT TABLE truth_code)
     ) AS d
 """
+# The compaction's advisory lock (migration 0005).
+COMPACT_LOCK = 0x617564636F756E74
 _ROWS = (
     "SELECT (SELECT count(*) FROM audience_zone_count), (SELECT count(*) FROM audience_tag_count)"
 )
@@ -159,6 +161,16 @@ async def test_compaction_folds_the_rows_and_keeps_the_sums(api: ApiClient) -> N
     assert await _api_mismatches(api) == {"zone": 0, "code": 0}
 
 
+def _one_compaction_at_a_time(url: str, conn: psycopg.Connection[Any]) -> None:
+    """While another session holds the compaction's lock, a compaction changes nothing."""
+    rows = conn.execute(_ROWS).fetchone()
+    with psycopg.connect(_libpq(url), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (COMPACT_LOCK,))
+        conn.execute("SELECT audience_count_compact()")
+        assert conn.execute(_ROWS).fetchone() == rows
+        other.execute("SELECT pg_advisory_unlock(%s)", (COMPACT_LOCK,))
+
+
 def test_counts_follow_sql_the_service_never_runs(infra: Infra) -> None:
     """A database of its own: TRUNCATE would take every other test's clients with it."""
     name = f"counts_{uuid.uuid4().hex[:8]}"
@@ -198,6 +210,8 @@ def test_counts_follow_sql_the_service_never_runs(infra: Infra) -> None:
                 "TRUNCATE client_tag",
             ]
             for step in steps:
+                if step == "SELECT audience_count_compact()":
+                    _one_compaction_at_a_time(url, conn)
                 conn.execute(step)
                 assert _mismatches(conn) == {"zone": 0, "code": 0}, step
             conn.execute("TRUNCATE client CASCADE")

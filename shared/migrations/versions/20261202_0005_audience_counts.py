@@ -155,7 +155,14 @@ _REBUILD = f"""
     {_RECORD}
 """  # noqa: S608 (constant SQL fragments, no input)
 
-_COMPACT = """
+# One compaction at a time (several schedulers may run): the others skip their turn
+# rather than wait for, or deadlock with, it. "audcount" as a 64-bit advisory lock key.
+COMPACT_LOCK = 0x617564636F756E74
+
+_COMPACT = f"""
+    IF NOT pg_try_advisory_xact_lock({COMPACT_LOCK}) THEN
+        RETURN;
+    END IF;
     -- Each key with more than one row becomes one row with their sum (none if 0). Rows
     -- written after this statement's snapshot are not touched; a concurrent compaction
     -- sums only the rows it deleted itself.
@@ -184,7 +191,7 @@ _COMPACT = """
     INSERT INTO audience_tag_count (operator_code, tag_ids, clients)
     SELECT operator_code, tag_ids, sum(clients) FROM gone
     GROUP BY operator_code, tag_ids HAVING sum(clients) <> 0;
-"""
+"""  # noqa: S608 (a constant lock key, no input)
 
 
 # A bulk statement's deltas are grouped by client, then by key: room for that in memory
