@@ -17,7 +17,7 @@ from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, Any, TypeVarTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, Select, cast, func, select, true
+from sqlalchemy import BigInteger, Select, cast, func, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.api.schemas import ForecastItem, MailingIn, Preview, format_utc
@@ -206,8 +206,12 @@ def preview_queries(
 
 
 async def preview(session: AsyncSession, body: MailingIn, now: datetime | None = None) -> Preview:
-    """The audience of a mailing body and when it would go out, as if created now."""
+    """The audience of a mailing body and when it would go out, as if created now.
+
+    Its first statement in a fresh transaction: the tag names, the counts per zone and
+    code and those per tag are read from one snapshot, so they agree with each other."""
     now = now or datetime.now(UTC)
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
     audience = await resolve_audience(session, body.tag, body.mobile_code)
     by_zone_and_code, by_tag = preview_queries(audience)
     by_zone: Counter[str] = Counter()
