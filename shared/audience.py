@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, and_, exists, select, true
+from sqlalchemy import ColumnElement, and_, exists, select, text, true
 
 from shared.models import Client, ClientTag, Tag
 
@@ -87,3 +87,12 @@ async def resolve_audience(
     if tags:
         tag_ids = list(await session.scalars(select(Tag.id).where(Tag.name.in_(list(tags)))))
     return Audience(tag_ids=tag_ids, codes=list(codes))
+
+
+async def compact_counts(session: AsyncSession) -> None:
+    """Fold the deltas of the audience counts (`audience_zone_count`,
+    `audience_tag_count`: live clients per zone, operator code and tag set, kept by
+    triggers on client and client_tag, migration 0005) into one row per key. The sums
+    are the same before and after, and rows written meanwhile are left for next time, so
+    it runs at any moment, alongside any writer or another compaction."""
+    await session.execute(text("SELECT audience_count_compact()"))

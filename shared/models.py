@@ -155,6 +155,31 @@ class Client(Base):
     tags: Mapped[list[Tag]] = relationship(secondary="client_tag", order_by=Tag.name)
 
 
+class AudienceZoneCount(Base):
+    """Live clients per (time zone, operator code, sorted tag ids), as signed deltas kept
+    by triggers on client and client_tag (migration 0005): a key's count is the sum of
+    its rows. Read by the audience preview instead of the clients themselves."""
+
+    __tablename__ = "audience_zone_count"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    operator_code: Mapped[int] = mapped_column(SmallInteger)
+    tag_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    clients: Mapped[int] = mapped_column(BigInteger)
+
+
+class AudienceTagCount(Base):
+    """`AudienceZoneCount` without the zone: a few rows per code, for counts per tag."""
+
+    __tablename__ = "audience_tag_count"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    operator_code: Mapped[int] = mapped_column(SmallInteger)
+    tag_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    clients: Mapped[int] = mapped_column(BigInteger)
+
+
 class Mailing(Base):
     __tablename__ = "mailing"
     __table_args__ = (

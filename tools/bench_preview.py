@@ -4,9 +4,12 @@ Loads N clients (default 1,000,000; COPY) over 40 time zones, 20 operator codes 
 tags (0-3 each), starts the API as its own process and times sequential requests:
 `POST /api/v1/notifications/preview/` for a filtered and an unfiltered body, and
 `GET /api/v1/notifications/{id}/forecast/` of the mailing created from each. Prints
-p50 / p95 / p99; asserts nothing (this machine is noisy). Side by side, the forecast as
-it was before issue 11, timed in this process: every client of the audience read and
-planned one by one (the same SQL and `shared.windows.plan` the old endpoint ran).
+p50 / p95 / p99; asserts nothing (this machine is noisy). Side by side, timed in this
+process: the preview's two aggregates as SQL alone, over the audience counts (what the
+endpoint runs) and over the clients and their tags (the queries before migration 0005,
+kept here); and the forecast as it was before issue 11: every client of the audience
+read and planned one by one (the same SQL and `shared.windows.plan` the old endpoint
+ran).
 
 Needs DATABASE_URL and KAFKA_BOOTSTRAP (run it under `python -m tools.infra run`).
 """
@@ -19,17 +22,23 @@ import random
 import statistics
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+from sqlalchemy import Select, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import aliased
 
-from services.api.outlook import PREVIEW_WORK_MEM, preview_queries
+from services.api.outlook import preview_queries
 from shared.audience import Audience
+from shared.models import Client, ClientTag, Tag
 from shared.windows import Window, plan
 from tools.api_process import api_process
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql import ClauseElement
 
 ZONES = [
     "UTC", "Europe/London", "Europe/Berlin", "Europe/Moscow", "Europe/Samara",
@@ -165,29 +174,81 @@ def old_forecast(database_url: str, body: dict[str, Any]) -> None:
             hours[hour] = hours.get(hour, 0) + 1
 
 
+# The old preview gave its transaction this much: the tags' join hashes every client.
+OLD_WORK_MEM = "64MB"
+
+
+def old_preview_queries(audience: Audience) -> tuple[Select[str, int, int], Select[str, int]]:
+    """The preview's aggregates before migration 0005: over every audience client and
+    each of its tags."""
+    condition = audience.condition()
+    by_zone_and_code = (
+        select(Client.timezone, Client.operator_code, func.count())
+        .where(condition)
+        .group_by(Client.timezone, Client.operator_code)
+    )
+    carried = aliased(ClientTag)
+    per_tag = (
+        select(carried.tag_id, func.count().label("clients"))
+        .join(Client, Client.id == carried.client_id)
+        .where(condition)
+        .group_by(carried.tag_id)
+        .subquery()
+    )
+    by_tag = select(Tag.name, per_tag.c.clients).join(per_tag, per_tag.c.tag_id == Tag.id)
+    return by_zone_and_code, by_tag
+
+
+def _sql(query: ClauseElement) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _audience(conn: psycopg.Connection[Any], body: dict[str, Any]) -> Audience:
+    tag_ids = None
+    if body.get("tag"):
+        found = conn.execute("SELECT id FROM tag WHERE name = ANY(%s)", (body["tag"],))
+        tag_ids = [int(row[0]) for row in found]
+    return Audience(tag_ids=tag_ids, codes=list(body.get("mobile_code", [])))
+
+
+def aggregates(database_url: str, body: dict[str, Any], *, old: bool) -> None:
+    """The preview's two aggregates for `body`, in one transaction as the endpoint runs
+    them: the current ones (`old=False`) or those before migration 0005."""
+    with psycopg.connect(_conninfo(database_url)) as conn:
+        audience = _audience(conn, body)
+        if old:
+            conn.execute(f"SET LOCAL work_mem = '{OLD_WORK_MEM}'")
+        for query in (old_preview_queries if old else preview_queries)(audience):
+            conn.execute(_sql(query)).fetchall()
+
+
 def explain(database_url: str, body: dict[str, Any]) -> None:
-    """EXPLAIN ANALYZE of the preview's aggregates for `body`: the plans and times."""
+    """EXPLAIN ANALYZE of the preview's aggregates for `body`, now and before 0005."""
     with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
-        tag_ids = None
-        if body.get("tag"):
-            tag_ids = [
-                int(row[0])
-                for row in conn.execute("SELECT id FROM tag WHERE name = ANY(%s)", (body["tag"],))
-            ]
-        conn.execute(f"SET work_mem = '{PREVIEW_WORK_MEM}'")
-        audience = Audience(tag_ids=tag_ids, codes=list(body.get("mobile_code", [])))
-        for query in preview_queries(audience):
-            dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-            sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-            plan_lines = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").fetchall()
-            print("   " + "\n   ".join(str(row[0]) for row in plan_lines))
+        audience = _audience(conn, body)
+        for title, queries in (
+            ("now", preview_queries(audience)),
+            ("before migration 0005", old_preview_queries(audience)),
+        ):
+            if title != "now":
+                conn.execute(f"SET work_mem = '{OLD_WORK_MEM}'")
+            print(f"   -- {title}")
+            for query in queries:
+                plan_lines = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {_sql(query)}").fetchall()
+                print("   " + "\n   ".join(str(row[0]) for row in plan_lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--old-requests", type=int, default=3, help="0: skip the old forecast")
+    parser.add_argument(
+        "--old-requests",
+        type=int,
+        default=3,
+        help="the old forecast's runs; 0: skip it and the side-by-side SQL of the preview",
+    )
     parser.add_argument("--explain", action="store_true", help="print the preview's SQL plans")
     args = parser.parse_args()
     database_url = os.environ["DATABASE_URL"]
@@ -211,6 +272,13 @@ def main() -> int:
                 args.requests,
             )
             print(line("POST /api/v1/notifications/preview/", samples))
+            if args.old_requests:
+                for old, title in ((False, "counts"), (True, "clients and tags, before 0005")):
+                    samples = timed(
+                        lambda body=body, old=old: aggregates(database_url, body, old=old),
+                        args.requests,
+                    )
+                    print(line(f"preview's SQL alone, over the {title}", samples))
             if args.explain:
                 explain(database_url, body)
             created = client.post("/api/v1/notifications/", json=body)

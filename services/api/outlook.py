@@ -3,7 +3,10 @@
 Every client of one time zone gets the same planned send time (`shared.windows.plan`
 depends on the mailing and the zone only), so the clients are counted per zone in SQL
 and each zone is planned once: the work in this process grows with the number of zones,
-never with the number of clients.
+never with the number of clients. Before a mailing is activated (and for the preview)
+the counts come from `audience_zone_count` / `audience_tag_count`, the live clients
+counted per (zone, operator code, tag set) by triggers (migration 0005): PostgreSQL then
+reads thousands of counts instead of a million clients and their tags.
 """
 
 from __future__ import annotations
@@ -11,15 +14,24 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
-from typing import TYPE_CHECKING, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVarTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select, text
-from sqlalchemy.orm import aliased
+from sqlalchemy import BigInteger, Select, cast, func, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.api.schemas import ForecastItem, MailingIn, Preview, format_utc
 from shared.audience import Audience, resolve_audience
-from shared.models import PENDING_STATUSES, Client, ClientTag, Mailing, MailingState, Message, Tag
+from shared.models import (
+    PENDING_STATUSES,
+    AudienceTagCount,
+    AudienceZoneCount,
+    Client,
+    Mailing,
+    MailingState,
+    Message,
+    Tag,
+)
 from shared.windows import Window, plan
 
 if TYPE_CHECKING:
@@ -28,9 +40,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
 _Ts = TypeVarTuple("_Ts")
-
-# Per preview transaction (SET LOCAL); the default 4MB spills the tags' join to disk.
-PREVIEW_WORK_MEM = "64MB"
 
 
 @dataclass(frozen=True)
@@ -111,9 +120,12 @@ async def forecast(
     audience = None
     if mailing.state == MailingState.SCHEDULED:
         audience = await resolve_audience(session, mailing.filter_tags, mailing.filter_codes)
-    rows = await session.execute(
-        _who(mailing, audience, select(Client.timezone, func.count())).group_by(Client.timezone)
-    )
+    if audience is not None:  # not activated yet: the counts kept per zone
+        rows = await session.execute(zone_counts(audience))
+    else:
+        rows = await session.execute(
+            _who(mailing, audience, select(Client.timezone, func.count())).group_by(Client.timezone)
+        )
     outlook = plan_zones(_schedule(mailing), now, [(zone, int(n)) for zone, n in rows])
     page = await session.execute(
         _who(mailing, audience, select(Client.id, Client.timezone))
@@ -140,36 +152,66 @@ async def forecast(
     return outlook.audience, items, outlook.by_hour
 
 
+def _counted(audience: Audience, table: type[AudienceZoneCount | AudienceTagCount]) -> list[Any]:
+    """The audience's filter on a table of counts (keys: operator code, tag ids)."""
+    conditions: list[Any] = []
+    if audience.tag_ids is not None:
+        conditions.append(table.tag_ids.overlap(cast(audience.tag_ids, ARRAY(BigInteger))))
+    if audience.codes:
+        conditions.append(table.operator_code.in_(audience.codes))
+    return conditions
+
+
+def zone_counts(audience: Audience) -> Select[str, int]:
+    """The audience per time zone, from the counts (one row per zone with clients)."""
+    clients = func.sum(AudienceZoneCount.clients)
+    return (
+        select(AudienceZoneCount.timezone, clients)
+        .where(*_counted(audience, AudienceZoneCount))
+        .group_by(AudienceZoneCount.timezone)
+        .having(clients != 0)
+    )
+
+
 def preview_queries(
     audience: Audience,
 ) -> tuple[Select[str, int, int], Select[str, int]]:
     """The preview's two aggregates: the audience per (zone, operator code), and per tag
-    its clients carry. Each is one pass over the clients (and their tags)."""
-    condition = audience.condition()
+    its clients carry. Both read the live-client counts the triggers of migration 0005
+    keep per (zone, code, tag set), never the clients: the work grows with the number of
+    distinct keys, not of clients."""
+    clients = func.sum(AudienceZoneCount.clients)
     by_zone_and_code = (
-        select(Client.timezone, Client.operator_code, func.count())
-        .where(condition)
-        .group_by(Client.timezone, Client.operator_code)
+        select(AudienceZoneCount.timezone, AudienceZoneCount.operator_code, clients)
+        .where(*_counted(audience, AudienceZoneCount))
+        .group_by(AudienceZoneCount.timezone, AudienceZoneCount.operator_code)
+        .having(clients != 0)
     )
-    # Aliased: the audience's tag filter reads client_tag on its own. Counted by tag id,
-    # named afterwards: the join with the names is over a dozen rows, not a million.
-    carried = aliased(ClientTag)
+    # Per tag: the zone-less counts (a few rows per code), each tag set unnested.
+    tag_id = func.unnest(AudienceTagCount.tag_ids).table_valued("tag_id").render_derived()
     per_tag = (
-        select(carried.tag_id, func.count().label("clients"))
-        .join(Client, Client.id == carried.client_id)
-        .where(condition)
-        .group_by(carried.tag_id)
+        select(tag_id.c.tag_id, func.sum(AudienceTagCount.clients).label("clients"))
+        .select_from(AudienceTagCount)
+        .join(tag_id, true())
+        .where(*_counted(audience, AudienceTagCount))
+        .group_by(tag_id.c.tag_id)
         .subquery()
     )
-    by_tag = select(Tag.name, per_tag.c.clients).join(per_tag, per_tag.c.tag_id == Tag.id)
+    by_tag = (
+        select(Tag.name, per_tag.c.clients)
+        .join(per_tag, per_tag.c.tag_id == Tag.id)
+        .where(per_tag.c.clients != 0)
+    )
     return by_zone_and_code, by_tag
 
 
 async def preview(session: AsyncSession, body: MailingIn, now: datetime | None = None) -> Preview:
-    """The audience of a mailing body and when it would go out, as if created now."""
+    """The audience of a mailing body and when it would go out, as if created now.
+
+    Its first statement in a fresh transaction: the tag names, the counts per zone and
+    code and those per tag are read from one snapshot, so they agree with each other."""
     now = now or datetime.now(UTC)
-    # The tags' join hashes up to every live client: room for it in memory, not on disk.
-    await session.execute(text(f"SET LOCAL work_mem = '{PREVIEW_WORK_MEM}'"))
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
     audience = await resolve_audience(session, body.tag, body.mobile_code)
     by_zone_and_code, by_tag = preview_queries(audience)
     by_zone: Counter[str] = Counter()

@@ -24,7 +24,9 @@ Each responsibility has a module of its own; `Scheduler` holds what they work wi
   that no longer match, adds new ones and gives failed, expired and cancelled ones a new
   chance, by message-id ranges as expiry does; activation does the same when the mailing
   is edited while its audience is being expanded (`convergence.py`: the row is the
-  truth).
+  truth);
+- audience counts: every `COMPACT_EVERY_S`, the deltas the client triggers append to
+  the audience counts (`shared.audience.compact_counts`) are folded into one row per key.
 
 Several scheduler processes may run: row claims skip locked rows, and work on one
 mailing (activation, edit) holds that mailing's advisory lock.
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.scheduler import activation, cancellation, edits, expiry, firing, leases
 from services.scheduler.work import Work
+from shared.audience import compact_counts
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_BACKLOG
 
@@ -53,6 +56,8 @@ log = get_logger(__name__)
 
 # How often the backlog gauge is refreshed: a count, cheap to skip, costly at 10^6 rows.
 GAUGE_EVERY_S = 15.0
+# How often the audience counts' deltas are folded (each client write appends a few).
+COMPACT_EVERY_S = 60.0
 
 
 def slow_every_s(poll_interval_s: float) -> float:
@@ -144,6 +149,11 @@ class Scheduler:
         """A client's time zone changed: re-plan its scheduled messages."""
         await edits.replan_client(self.work, client_id)
 
+    async def compact_audience_counts(self) -> None:
+        """Fold the audience counts' deltas into one row per key (same sums)."""
+        async with self.sessions() as session, session.begin():
+            await compact_counts(session)
+
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, started: asyncio.Event) -> None:
@@ -151,6 +161,7 @@ class Scheduler:
         interval = self.settings.scheduler_poll_interval_s
         loop = asyncio.get_running_loop()
         slow, gauge = Every(slow_every_s(interval)), Every(GAUGE_EVERY_S)
+        counts = Every(COMPACT_EVERY_S)
         while True:
             try:
                 await self.activate_due_mailings()
@@ -162,6 +173,8 @@ class Scheduler:
                     await self.requeue_stale()
                 if gauge.due(loop.time()):
                     SCHEDULER_BACKLOG.set(await self.backlog())
+                if counts.due(loop.time()):
+                    await self.compact_audience_counts()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

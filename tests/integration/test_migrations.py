@@ -29,6 +29,8 @@ TABLES = {
     "mailing_status_count",
     "daily_report",
     "console_session",
+    "audience_zone_count",
+    "audience_tag_count",
 }
 
 

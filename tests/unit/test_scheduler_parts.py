@@ -14,7 +14,13 @@ import pytest
 from services.scheduler.convergence import Converged
 from services.scheduler.leases import LEASE_EXPIRED, Recovery, recovery
 from services.scheduler.planning import due_by_zone
-from services.scheduler.service import GAUGE_EVERY_S, Every, Scheduler, slow_every_s
+from services.scheduler.service import (
+    COMPACT_EVERY_S,
+    GAUGE_EVERY_S,
+    Every,
+    Scheduler,
+    slow_every_s,
+)
 from shared.models import MessageStatus as S
 from shared.statuses import LEASE_UNKNOWN
 
@@ -144,6 +150,9 @@ class Stub(Scheduler):
         self._count("backlog")
         return 0
 
+    async def compact_audience_counts(self) -> None:
+        self._count("compact")
+
 
 async def run_for(scheduler: Scheduler, seconds: float) -> None:
     started = asyncio.Event()
@@ -163,13 +172,15 @@ async def test_the_loop_polls_often_and_runs_the_slow_steps_once_a_period() -> N
     # The slow steps and the gauge: once at the start, not again within their period.
     assert slow_every_s(0.01) > 0.3
     assert GAUGE_EVERY_S > 0.3
-    slow = ("expire", "cancel", "recover", "requeue", "backlog")
+    assert COMPACT_EVERY_S > 0.3
+    slow = ("expire", "cancel", "recover", "requeue", "backlog", "compact")
     assert {k: scheduler.calls[k] for k in slow} == {
         "expire": 1,
         "cancel": 1,
         "recover": 1,
         "requeue": 1,
         "backlog": 1,
+        "compact": 1,
     }
 
 
