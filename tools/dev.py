@@ -49,7 +49,7 @@ class Service:
 
 
 SERVICES = (
-    Service("api", "services.api", 8000, "admin API (token: dev-token)"),
+    Service("api", "services.api", 8000, "admin API"),
     Service("scheduler", "services.scheduler", 8001),
     Service("dispatcher", "services.dispatcher", 8002),
     Service("reporter", "services.reporter", 8003),
@@ -212,7 +212,9 @@ def main() -> int:
             lines.append(f"  {service.name:<11} {url}   {service.extra}".rstrip())
         lines += [
             "",
-            f"  token       Authorization: Bearer {DEV_TOKEN}   (local stack only)",
+            f"  console     http://127.0.0.1:{SERVICES[0].port}/console/   (sign in through "
+            "Keycloak as one of the users below, or with the token)",
+            f"  token       Authorization: Bearer {DEV_TOKEN}   (development mode: admin)",
             f"  kafka       {stack.kafka.bootstrap}",
             f"  postgresql  {stack.postgres.url}",
             f"  keycloak    {stack.keycloak.issuer}   (issuer; admin console "
