@@ -3,7 +3,9 @@
 One transaction: the valid rows of the file (`import_file.rows`) are copied into a
 temporary table as they arrive, a bounded batch at a time; when the file has been read
 to its end they are merged into `client`, `tag` and `client_tag` with a few
-statements, whatever the file's size. A file that cannot be read at all raises before
+statements, whatever the file's size: one plan decides what becomes of each row, then
+plain INSERTs write it (their ON CONFLICT twins only when another transaction took a
+telephone meanwhile). A file that cannot be read at all raises before
 the commit: nothing is written. Rows are checked by the same model as POST
 /api/v1/clients/ (`ClientIn`); the database's rules (one live client per telephone) are
 the same too.
@@ -25,7 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from services.api.import_file import Numbered, Rejected, row_batches
 from shared.events import CLIENTS_IMPORTED
@@ -34,7 +38,7 @@ from shared.logging import get_logger
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
 
-    from sqlalchemy.engine import CursorResult
+    from sqlalchemy.engine import CursorResult, Result
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from shared.topics import Topics
@@ -63,12 +67,11 @@ _WORK_MEM = "SET LOCAL work_mem = '64MB'"
 # The first line of each telephone, the live client that has it, and what will become
 # of it, decided once: `outcome` created / taken (mode=create) / updated / unchanged,
 # `tags_changed`, and the id of each client to create, drawn from the sequence in line
-# order (the rows are then inserted as they are, nothing read back). A file's own
-# repeated telephones are counted in `copies`. New columns of `client` go in here and
-# in _INSERT / _UPDATE.
+# order (the rows are then inserted as they are, nothing read back). New columns of
+# `client` go in here and in _INSERT / _UPDATE.
 _PLAN = """
 CREATE TEMPORARY TABLE import_plan ON COMMIT DROP AS
-SELECT d.line, d.phone, d.timezone, d.tags, d.copies, d.old_timezone, d.tags_changed,
+SELECT d.line, d.phone, d.timezone, d.tags, d.old_timezone, d.tags_changed,
     CASE WHEN d.old_id IS NULL THEN nextval('client_id_seq') ELSE d.old_id END AS client_id,
     CASE WHEN d.old_id IS NULL THEN 'created'
          WHEN NOT CAST(:upsert AS boolean) THEN 'taken'
@@ -84,7 +87,6 @@ FROM (
             r.line, r.phone, r.timezone,
             CASE WHEN r.tags = '' THEN ARRAY[]::text[]
                  ELSE string_to_array(r.tags, E'\\x1f') END AS tags,
-            count(*) OVER (PARTITION BY r.phone) AS copies,
             c.id AS old_id, c.timezone AS old_timezone
         FROM import_row r
         LEFT JOIN client c ON c.phone = r.phone AND c.deleted_at IS NULL
@@ -103,21 +105,22 @@ SELECT count(*) FILTER (WHERE outcome = 'created') AS created,
        count(*) FILTER (WHERE outcome = 'taken') AS taken,
        count(*) FILTER (WHERE outcome = 'updated') AS updated,
        count(*) FILTER (WHERE outcome = 'unchanged') AS unchanged,
-       coalesce(sum(copies - 1), 0) AS repeated
+       count(*) AS planned
 FROM import_plan
 """
+# The later lines of a telephone the file gives twice (looked for only when the plan
+# has fewer rows than were staged).
 _REPEATED = """
 SELECT r.line, r.phone, p.line AS first
 FROM import_row r JOIN import_plan p ON p.phone = r.phone AND p.line <> r.line
-WHERE p.copies > 1
 ORDER BY r.line
 LIMIT :n
 """
 _INSERT = """
 INSERT INTO client (id, phone, timezone)
 SELECT client_id, phone, timezone FROM import_plan WHERE outcome = 'created'
-ON CONFLICT (phone) WHERE deleted_at IS NULL DO NOTHING
 """
+_INSERT_SKIPPING = _INSERT + "ON CONFLICT (phone) WHERE deleted_at IS NULL DO NOTHING"
 # Telephones a client was created with by someone else since the plan was made.
 _RACED = """
 UPDATE import_plan p SET outcome = 'taken', client_id = NULL, tags_changed = false
@@ -144,8 +147,8 @@ INSERT INTO client_tag (client_id, tag_id)
 SELECT p.client_id, t.id
 FROM import_plan p, unnest(p.tags) AS n(tag_name), tag t
 WHERE p.tags_changed AND p.outcome IN ('created', 'updated') AND t.name = n.tag_name
-ON CONFLICT DO NOTHING
 """
+_ADD_TAGS_SKIPPING = _ADD_TAGS + "ON CONFLICT DO NOTHING"
 _TAKEN_ROWS = """
 SELECT line, phone, client_id FROM import_plan WHERE outcome = 'taken' ORDER BY line LIMIT :n
 """
@@ -197,9 +200,13 @@ def _copy_line(row: Numbered) -> str:
     return f"{row.line}\t{client.telephone}\t{client.timezone}\t{tags}\n"
 
 
-async def _stage(session: AsyncSession, kind: str, chunks: AsyncIterable[bytes]) -> ImportResult:
-    """Copy the file's valid rows into `import_row`; the rejected ones into the result."""
+async def _stage(
+    session: AsyncSession, kind: str, chunks: AsyncIterable[bytes]
+) -> tuple[ImportResult, int]:
+    """Copy the file's valid rows into `import_row` (how many: the int); the rejected
+    ones into the result."""
     result = ImportResult()
+    staged = 0
     await session.execute(text(_STAGE))
     connection = await session.connection()
     raw = (await connection.get_raw_connection()).driver_connection
@@ -213,11 +220,30 @@ async def _stage(session: AsyncSession, kind: str, chunks: AsyncIterable[bytes])
                 else:
                     batch.append(_copy_line(row))
             if len(batch) >= COPY_BATCH:
+                staged += len(batch)
                 await copy.write("".join(batch).encode())
                 batch.clear()
         if batch:
+            staged += len(batch)
             await copy.write("".join(batch).encode())
-    return result
+    return result, staged
+
+
+async def _insert(session: AsyncSession, plain: str, skipping: str) -> int:
+    """Rows inserted by `plain`; when another transaction took one of its keys meanwhile
+    (rare), by `skipping`, its ON CONFLICT DO NOTHING twin. The plain INSERT is the
+    cheaper one by far: no speculative insertion for each of a million rows."""
+    try:
+        async with session.begin_nested():
+            return _count(await session.execute(text(plain)))
+    except IntegrityError as exc:
+        if not isinstance(exc.orig, UniqueViolation):
+            raise
+    return _count(await session.execute(text(skipping)))
+
+
+def _count(result: Result[Any]) -> int:
+    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 async def import_clients(
@@ -225,16 +251,17 @@ async def import_clients(
 ) -> ImportResult:
     """Import a CSV or NDJSON stream in the caller's transaction (see the module doc)."""
     await session.execute(text(_WORK_MEM))
-    result = await _stage(session, kind, chunks)
+    result, staged = await _stage(session, kind, chunks)
     await session.execute(text(_PLAN), {"upsert": mode == "upsert"})
     await session.execute(text("ANALYZE import_plan"))
     counts = (await session.execute(text(_COUNTS))).one()
     created, taken = int(counts.created), int(counts.taken)
-    if counts.repeated:
+    repeated = staged - int(counts.planned)
+    if repeated:
         for line, phone, first in await session.execute(text(_REPEATED), {"n": MAX_LISTED}):
             result.reject(Rejected(line, "telephone", f"telephone {phone} is on line {first} too"))
-        result.rejected_count += int(counts.repeated) - min(int(counts.repeated), MAX_LISTED)
-    inserted = int(cast("CursorResult[Any]", await session.execute(text(_INSERT))).rowcount)
+        result.rejected_count += repeated - min(repeated, MAX_LISTED)
+    inserted = await _insert(session, _INSERT, _INSERT_SKIPPING)
     if inserted < created:
         await session.execute(text(_RACED))
         taken += created - inserted
@@ -243,7 +270,7 @@ async def import_clients(
         await session.execute(text(_UPDATE))
         await session.execute(text(_DROP_TAGS))
     await session.execute(text(_NEW_TAGS))
-    await session.execute(text(_ADD_TAGS))
+    await _insert(session, _ADD_TAGS, _ADD_TAGS_SKIPPING)
     result.created = created
     result.updated = int(counts.updated)
     result.unchanged = int(counts.unchanged)

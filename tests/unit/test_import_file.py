@@ -12,10 +12,12 @@ from pydantic import ValidationError
 
 from services.api.errors import UnreadableFile
 from services.api.import_file import (
+    COLUMNS,
     CSV,
     MAX_LINE_CHARS,
     NDJSON,
     Client,
+    CsvRows,
     Numbered,
     Rejected,
     file_kind,
@@ -160,6 +162,36 @@ def test_the_csv_shortcut_takes_only_what_clientin_takes_and_gives_the_same(
     shortcut = plain_client(telephone, tags, zone)
     if shortcut is not None:
         assert shortcut == _by_model(telephone, tags, zone)
+
+
+_CELL_TEXT = st.text(st.sampled_from(["7", "1", "a", ",", '"', " ", "|", "/", "\x01"]), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    columns=st.permutations(COLUMNS).flatmap(
+        lambda order: st.integers(1, len(order)).map(lambda n: order[:n])
+    ),
+    telephone=st.one_of(_PHONE, _CELL_TEXT, _PHONE.map(lambda p: f" {p} ")),
+    tags=st.one_of(
+        _TAGS,
+        _CELL_TEXT,
+        _TAGS.map(lambda t: f'"{t}"'),
+        st.lists(st.sampled_from(["a", "b,c", 'd"e', "Я"]), min_size=1, max_size=3).map("|".join),
+    ),
+    zone=st.one_of(_ZONE, _CELL_TEXT, _ZONE.map(lambda z: f"{z} ")),
+)
+def test_csv_lines_read_with_the_shortcut_as_without_it(
+    columns: list[str], telephone: str, tags: str, zone: str
+) -> None:
+    if "telephone" not in columns:
+        columns = ["telephone", *columns]
+    cells = {"telephone": telephone, "tag": tags, "timezone": zone}
+    line = ",".join(cells[name] for name in columns)
+    fast, model = CsvRows(), CsvRows(shortcut=False)
+    for reader in (fast, model):
+        reader.header(",".join(columns))
+    assert fast.row(2, line) == model.row(2, line)
 
 
 def test_the_csv_shortcut_takes_plain_rows() -> None:
