@@ -3,8 +3,10 @@
 Writes CSV files of N/10 and N clients (unique telephones, two tags, a few zones),
 starts the API as its own process for each (a fresh process: its peak RSS is that
 import's), uploads the file streamed as the CLI does, and prints rows, seconds, rows
-per second and the API's peak RSS. The RSS should be flat in the file size: the import
-streams the body into PostgreSQL with COPY and merges it there. Asserts nothing.
+per second and the API's peak RSS, and that peak as it stood when the answer came (after
+it, the outbox relay publishes the import's `clients.imported` events, a batch of up to
+500 rows at a time). The RSS should be flat in the file size: the import streams the
+body into PostgreSQL with COPY and merges it there. Asserts nothing.
 
 Needs DATABASE_URL and KAFKA_BOOTSTRAP (run it under `python -m tools.infra run`).
 """
@@ -60,10 +62,12 @@ def run_one(path: Path, rows: int) -> tuple[float, float, dict[str, object]]:
                 headers={"Content-Type": "text/csv", "Content-Length": str(path.stat().st_size)},
             )
             seconds = time.perf_counter() - started
+            answered_mb = sampler.peaks_mb().get("api", 0.0)
             response.raise_for_status()
-            time.sleep(0.3)
+            time.sleep(0.3)  # the outbox relay publishes the import's events meanwhile
             answer = dict(response.json())
             answer["idle_mb"] = idle_mb
+            answer["answered_mb"] = answered_mb
             answer.pop("rejected", None)
     finally:
         sampler.stop()
@@ -84,9 +88,11 @@ def main() -> int:
             base += rows
             seconds, peak_mb, answer = run_one(path, rows)
             idle = answer.pop("idle_mb")
+            answered = answer.pop("answered_mb")
             print(
                 f"{rows:>9} {size / 2**20:>8.1f} {seconds:>8.1f} {rows / seconds:>9.0f} "
-                f"{peak_mb:>11.0f} {answer} (idle API {idle:.0f} MB)",
+                f"{peak_mb:>11.0f} {answer} (idle API {idle:.0f} MB, "
+                f"{answered:.0f} MB until the answer)",
                 flush=True,
             )
             path.unlink()

@@ -3,7 +3,9 @@
 One transaction: the valid rows of the file (`import_file.rows`) are copied into a
 temporary table as they arrive, a bounded batch at a time; when the file has been read
 to its end they are merged into `client`, `tag` and `client_tag` with a few
-statements, whatever the file's size. A file that cannot be read at all raises before
+statements, whatever the file's size: one plan decides what becomes of each row, then
+plain INSERTs write it (their ON CONFLICT twins only when another transaction took a
+telephone meanwhile). A file that cannot be read at all raises before
 the commit: nothing is written. Rows are checked by the same model as POST
 /api/v1/clients/ (`ClientIn`); the database's rules (one live client per telephone) are
 the same too.
@@ -23,17 +25,20 @@ clients change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-from services.api.import_file import Numbered, Rejected, rows
+from services.api.import_file import Numbered, Rejected, row_batches
 from shared.events import CLIENTS_IMPORTED
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
 
+    from sqlalchemy.engine import CursorResult, Result
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from shared.topics import Topics
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 MODES = ("create", "upsert")
-# Valid rows buffered before they are written to the COPY stream.
+# Valid rows buffered (at least) before they are written to the COPY stream.
 COPY_BATCH = 5000
 # Changed clients named by one `clients.imported` event.
 EVENT_BATCH = 5000
@@ -56,60 +61,70 @@ CREATE TEMPORARY TABLE import_row (
 ) ON COMMIT DROP
 """
 _COPY = "COPY import_row (line, phone, timezone, tags) FROM STDIN"
-# The first line of each telephone, and the live client that has it.
+# Sorts and hashes of a million rows fit in memory instead of spilling to disk; for
+# this transaction only.
+_WORK_MEM = "SET LOCAL work_mem = '64MB'"
+# The first line of each telephone, the live client that has it, and what will become
+# of it, decided once: `outcome` created / taken (mode=create) / updated / unchanged,
+# `tags_changed`, and the id of each client to create, drawn from the sequence in line
+# order (the rows are then inserted as they are, nothing read back). New columns of
+# `client` go in here and in _INSERT / _UPDATE.
 _PLAN = """
 CREATE TEMPORARY TABLE import_plan ON COMMIT DROP AS
-SELECT DISTINCT ON (r.phone)
-    r.line, r.phone, r.timezone,
-    CASE WHEN r.tags = '' THEN ARRAY[]::text[] ELSE string_to_array(r.tags, E'\\x1f') END
-        AS tags,
-    c.id AS client_id, c.timezone AS old_timezone,
-    NULL::text AS outcome, false AS tags_changed
-FROM import_row r
-LEFT JOIN client c ON c.phone = r.phone AND c.deleted_at IS NULL
-ORDER BY r.phone, r.line
+SELECT d.line, d.phone, d.timezone, d.tags, d.old_timezone, d.tags_changed,
+    CASE WHEN d.old_id IS NULL THEN nextval('client_id_seq') ELSE d.old_id END AS client_id,
+    CASE WHEN d.old_id IS NULL THEN 'created'
+         WHEN NOT CAST(:upsert AS boolean) THEN 'taken'
+         WHEN d.tags_changed OR d.timezone <> d.old_timezone THEN 'updated'
+         ELSE 'unchanged' END AS outcome
+FROM (
+    SELECT f.*, f.old_id IS NULL OR (
+        CAST(:upsert AS boolean)
+        AND NOT (old.names @> f.tags AND f.tags @> old.names)
+    ) AS tags_changed
+    FROM (
+        SELECT DISTINCT ON (r.phone)
+            r.line, r.phone, r.timezone,
+            CASE WHEN r.tags = '' THEN ARRAY[]::text[]
+                 ELSE string_to_array(r.tags, E'\\x1f') END AS tags,
+            c.id AS old_id, c.timezone AS old_timezone
+        FROM import_row r
+        LEFT JOIN client c ON c.phone = r.phone AND c.deleted_at IS NULL
+        ORDER BY r.phone, r.line
+    ) f
+    LEFT JOIN LATERAL (
+        SELECT coalesce(array_agg(t.name::text), ARRAY[]::text[]) AS names
+        FROM client_tag ct JOIN tag t ON t.id = ct.tag_id
+        WHERE ct.client_id = f.old_id AND CAST(:upsert AS boolean)
+    ) old ON true
+) d
+ORDER BY d.line
 """
+_COUNTS = """
+SELECT count(*) FILTER (WHERE outcome = 'created') AS created,
+       count(*) FILTER (WHERE outcome = 'taken') AS taken,
+       count(*) FILTER (WHERE outcome = 'updated') AS updated,
+       count(*) FILTER (WHERE outcome = 'unchanged') AS unchanged,
+       count(*) AS planned
+FROM import_plan
+"""
+# The later lines of a telephone the file gives twice (looked for only when the plan
+# has fewer rows than were staged).
 _REPEATED = """
-SELECT r.line, r.phone, p.line AS first, count(*) OVER () AS total
+SELECT r.line, r.phone, p.line AS first
 FROM import_row r JOIN import_plan p ON p.phone = r.phone AND p.line <> r.line
 ORDER BY r.line
 LIMIT :n
 """
-_TAKEN = """
-UPDATE import_plan SET outcome = 'taken' WHERE client_id IS NOT NULL
-"""
 _INSERT = """
-WITH new AS (
-    INSERT INTO client (phone, timezone)
-    SELECT phone, timezone FROM import_plan WHERE client_id IS NULL ORDER BY line
-    ON CONFLICT (phone) WHERE deleted_at IS NULL DO NOTHING
-    RETURNING id, phone
-)
-UPDATE import_plan p SET client_id = new.id, outcome = 'created', tags_changed = true
-FROM new WHERE p.phone = new.phone
+INSERT INTO client (id, phone, timezone)
+SELECT client_id, phone, timezone FROM import_plan WHERE outcome = 'created'
 """
-# A client created by someone else since the plan was made.
+_INSERT_SKIPPING = _INSERT + "ON CONFLICT (phone) WHERE deleted_at IS NULL DO NOTHING"
+# Telephones a client was created with by someone else since the plan was made.
 _RACED = """
-UPDATE import_plan SET outcome = 'taken' WHERE outcome IS NULL AND client_id IS NULL
-"""
-_TAGS_CHANGED = """
-UPDATE import_plan p SET tags_changed = NOT (old.names @> p.tags AND p.tags @> old.names)
-FROM (
-    SELECT p2.client_id, coalesce(array_agg(t.name::text) FILTER (WHERE t.name IS NOT NULL),
-                                  ARRAY[]::text[]) AS names
-    FROM import_plan p2
-    LEFT JOIN client_tag ct ON ct.client_id = p2.client_id
-    LEFT JOIN tag t ON t.id = ct.tag_id
-    WHERE p2.outcome IS NULL
-    GROUP BY p2.client_id
-) old
-WHERE p.client_id = old.client_id AND p.outcome IS NULL
-"""
-_OUTCOME = """
-UPDATE import_plan
-SET outcome = CASE WHEN tags_changed OR timezone <> old_timezone THEN 'updated'
-                   ELSE 'unchanged' END
-WHERE outcome IS NULL
+UPDATE import_plan p SET outcome = 'taken', client_id = NULL, tags_changed = false
+WHERE p.outcome = 'created' AND NOT EXISTS (SELECT 1 FROM client c WHERE c.id = p.client_id)
 """
 _UPDATE = """
 UPDATE client c SET timezone = p.timezone, updated_at = now()
@@ -132,9 +147,8 @@ INSERT INTO client_tag (client_id, tag_id)
 SELECT p.client_id, t.id
 FROM import_plan p, unnest(p.tags) AS n(tag_name), tag t
 WHERE p.tags_changed AND p.outcome IN ('created', 'updated') AND t.name = n.tag_name
-ON CONFLICT DO NOTHING
 """
-_COUNTS = "SELECT outcome, count(*) FROM import_plan GROUP BY outcome"
+_ADD_TAGS_SKIPPING = _ADD_TAGS + "ON CONFLICT DO NOTHING"
 _TAKEN_ROWS = """
 SELECT line, phone, client_id FROM import_plan WHERE outcome = 'taken' ORDER BY line LIMIT :n
 """
@@ -186,58 +200,80 @@ def _copy_line(row: Numbered) -> str:
     return f"{row.line}\t{client.telephone}\t{client.timezone}\t{tags}\n"
 
 
-async def _stage(session: AsyncSession, kind: str, chunks: AsyncIterable[bytes]) -> ImportResult:
-    """Copy the file's valid rows into `import_row`; the rejected ones into the result."""
+async def _stage(
+    session: AsyncSession, kind: str, chunks: AsyncIterable[bytes]
+) -> tuple[ImportResult, int]:
+    """Copy the file's valid rows into `import_row` (how many: the int); the rejected
+    ones into the result."""
     result = ImportResult()
+    staged = 0
     await session.execute(text(_STAGE))
     connection = await session.connection()
     raw = (await connection.get_raw_connection()).driver_connection
     assert raw is not None
     async with raw.cursor() as cursor, cursor.copy(_COPY) as copy:
         batch: list[str] = []
-        async for row in rows(kind, chunks):
-            if isinstance(row, Rejected):
-                result.reject(row)
-                continue
-            batch.append(_copy_line(row))
+        async for rows in row_batches(kind, chunks):
+            for row in rows:
+                if isinstance(row, Rejected):
+                    result.reject(row)
+                else:
+                    batch.append(_copy_line(row))
             if len(batch) >= COPY_BATCH:
+                staged += len(batch)
                 await copy.write("".join(batch).encode())
                 batch.clear()
         if batch:
+            staged += len(batch)
             await copy.write("".join(batch).encode())
-    return result
+    return result, staged
+
+
+async def _insert(session: AsyncSession, plain: str, skipping: str) -> int:
+    """Rows inserted by `plain`; when another transaction took one of its keys meanwhile
+    (rare), by `skipping`, its ON CONFLICT DO NOTHING twin. The plain INSERT is the
+    cheaper one by far: no speculative insertion for each of a million rows."""
+    try:
+        async with session.begin_nested():
+            return _count(await session.execute(text(plain)))
+    except IntegrityError as exc:
+        if not isinstance(exc.orig, UniqueViolation):
+            raise
+    return _count(await session.execute(text(skipping)))
+
+
+def _count(result: Result[Any]) -> int:
+    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 async def import_clients(
     session: AsyncSession, topics: Topics, kind: str, mode: str, chunks: AsyncIterable[bytes]
 ) -> ImportResult:
     """Import a CSV or NDJSON stream in the caller's transaction (see the module doc)."""
-    result = await _stage(session, kind, chunks)
-    await session.execute(text(_PLAN))
+    await session.execute(text(_WORK_MEM))
+    result, staged = await _stage(session, kind, chunks)
+    await session.execute(text(_PLAN), {"upsert": mode == "upsert"})
     await session.execute(text("ANALYZE import_plan"))
-    repeated = (await session.execute(text(_REPEATED), {"n": MAX_LISTED})).all()
-    for line, phone, first, _ in repeated:
-        result.reject(Rejected(line, "telephone", f"telephone {phone} is on line {first} too"))
+    counts = (await session.execute(text(_COUNTS))).one()
+    created, taken = int(counts.created), int(counts.taken)
+    repeated = staged - int(counts.planned)
     if repeated:
-        result.rejected_count += int(repeated[0].total) - len(repeated)
-    if mode == "create":
-        await session.execute(text(_TAKEN))
-    await session.execute(text(_INSERT))
-    await session.execute(text(_RACED))
+        for line, phone, first in await session.execute(text(_REPEATED), {"n": MAX_LISTED}):
+            result.reject(Rejected(line, "telephone", f"telephone {phone} is on line {first} too"))
+        result.rejected_count += repeated - min(repeated, MAX_LISTED)
+    inserted = await _insert(session, _INSERT, _INSERT_SKIPPING)
+    if inserted < created:
+        await session.execute(text(_RACED))
+        taken += created - inserted
+        created = inserted
     if mode == "upsert":
-        await session.execute(text(_TAGS_CHANGED))
-        await session.execute(text(_OUTCOME))
         await session.execute(text(_UPDATE))
         await session.execute(text(_DROP_TAGS))
     await session.execute(text(_NEW_TAGS))
-    await session.execute(text(_ADD_TAGS))
-    counts: dict[str, int] = {
-        str(outcome): int(n) for outcome, n in await session.execute(text(_COUNTS))
-    }
-    result.created = counts.get("created", 0)
-    result.updated = counts.get("updated", 0)
-    result.unchanged = counts.get("unchanged", 0)
-    taken = counts.get("taken", 0)
+    await _insert(session, _ADD_TAGS, _ADD_TAGS_SKIPPING)
+    result.created = created
+    result.updated = int(counts.updated)
+    result.unchanged = int(counts.unchanged)
     if taken:
         listed = await session.execute(text(_TAKEN_ROWS), {"n": MAX_LISTED})
         for line, phone, client_id in listed:

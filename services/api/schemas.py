@@ -38,7 +38,7 @@ FILTER_MAX = 100
 
 
 @lru_cache(maxsize=1)
-def _zones() -> frozenset[str]:
+def known_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
@@ -86,7 +86,7 @@ def _unique(values: list[Any]) -> list[Any]:
 
 
 def _zone(value: str) -> str:
-    if value not in _zones():
+    if value not in known_zones():
         raise ValueError(f"unknown IANA time zone {value!r}, e.g. Europe/Moscow")
     return value
 
