@@ -412,6 +412,26 @@ async def test_screenshots_of_each_page(
 
     await page.goto(f"{base(pipe)}/console/reports")
     await expect(page.locator("#report-summary")).not_to_have_text("Loading…")
+    report = page.frame_locator("iframe[title='Daily report preview']")
+    await expect(report.get_by_role("heading", name=re.compile("Spring sale"))).to_be_visible()
     await page.screenshot(path=shots / "reports.png", full_page=True)
-    for name in ("sign-in", "mailings", "mailing", "new-mailing", "clients", "reports"):
+
+    await pipe.api.post("/api/v1/api-keys/", json={"name": "billing-sync", "role": "operator"})
+    await page.goto(f"{base(pipe)}/console/api-keys")
+    await expect(page.get_by_text("billing-sync")).to_be_visible()
+    await page.screenshot(path=shots / "api-keys.png", full_page=True)
+
+    await page.goto(f"{base(pipe)}/console/audit")
+    await expect(page.locator("#audit-table tbody tr")).not_to_have_count(0)
+    await page.screenshot(path=shots / "audit.png", full_page=True)
+    for name in (
+        "sign-in",
+        "mailings",
+        "mailing",
+        "new-mailing",
+        "clients",
+        "reports",
+        "api-keys",
+        "audit",
+    ):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
