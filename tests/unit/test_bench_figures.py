@@ -77,6 +77,7 @@ def _results(**changes: object) -> Results:
         expansion_s=0.3,
         cpu_s={"dispatcher": 1.0, "postgres": 0.5, "bench": 0.1, "other": 3.0},
         peak_rss_mb={"dispatcher": 80.0},
+        wal_per_message={"bytes": 2500.0, "records": 12.0, "full_page_images": 0.25},
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -90,6 +91,8 @@ def test_figures_name_the_headline_numbers() -> None:
     assert found["CPU ms/msg (all)"] == pytest.approx(1.5)
     assert found["CPU ms/msg dispatcher"] == pytest.approx(1.0)
     assert found["peak RSS MB dispatcher"] == 80.0
+    assert found["WAL bytes/msg"] == 2500.0
+    assert found["WAL full-page images/msg"] == 0.25
     assert "CPU ms/msg bench" not in found
 
 
@@ -146,6 +149,7 @@ def test_render_prints_the_postgres_settings_and_the_start() -> None:
     )
     assert "msg/s first 4 s / whole run   250 / 250  (ratio 1.00)" in text
     assert "first message at the gateway  t0 + 0.40 s" in text
+    assert "PostgreSQL WAL per message    2500 bytes, 12.0 records, 0.25 full-page images" in text
 
 
 def test_durability_label_names_the_mode_and_the_values() -> None:

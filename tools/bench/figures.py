@@ -78,6 +78,11 @@ def figures(data: Mapping[str, Any]) -> dict[str, float]:
         out["CPU ms/msg (all)"] = sum(per_message.values())
         for process, value in per_message.items():
             out[f"CPU ms/msg {process}"] = value
+    wal = data.get("wal_per_message") or {}
+    for name, key in (("WAL bytes/msg", "bytes"), ("WAL full-page images/msg", "full_page_images")):
+        value = _number(wal.get(key))
+        if value is not None:
+            out[name] = value
     for process, value in (data.get("peak_rss_mb") or {}).items():
         if _number(value) is not None:
             out[f"peak RSS MB {process}"] = float(value)

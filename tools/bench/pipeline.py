@@ -267,6 +267,7 @@ class Bench:
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=30,
         ) as api:
+            wal_before = await self.wal_counters()
             self.sampler.mark()  # CPU figures cover the mailing, not the client load
             t0 = time.time()
             response = await api.post("/api/v1/notifications/", json=body)
@@ -286,6 +287,7 @@ class Bench:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         r.wall_s = time.time() - t0
+        wal_after = await self.wal_counters()
         if not expansion.done():
             expansion.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -299,6 +301,24 @@ class Bench:
         r.duplicate_count = summary["duplicate_count"]
         r.duplicate_deliveries = summary["duplicate_deliveries"]
         await self.ledger_figures(control, mailing_id, t0)
+        if r.unique_accepted:
+            r.wal_per_message = {
+                name: (wal_after[name] - wal_before[name]) / r.unique_accepted
+                for name in wal_before
+            }
+
+    async def wal_counters(self) -> dict[str, float]:
+        """The cluster's WAL so far: bytes (its insert position, exact), records and
+        full-page images (pg_stat_wal, flushed by the backends about once a second).
+        Only this bench's database is busy in its server, so differences are the run's."""
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            cursor = await conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8, "
+                "wal_records::float8, wal_fpi::float8 FROM pg_stat_wal"
+            )
+            row = await cursor.fetchone()
+        wal_bytes, records, fpi = row if row else (0.0, 0.0, 0.0)
+        return {"bytes": wal_bytes, "records": records, "full_page_images": fpi}
 
     async def watch_expansion(self, mailing_id: int, t0: float, deadline: float) -> None:
         """Poll every 0.2 s until all N messages exist.

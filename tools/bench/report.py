@@ -61,6 +61,7 @@ class Results:
     peak_rss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     peak_pss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    wal_per_message: dict[str, float] = dataclasses.field(default_factory=dict)
     busy_cores: float | None = None  # the machine's average, all processes
     cores: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     ceiling: dict[str, Any] | None = None
@@ -147,6 +148,15 @@ def render(results: Results) -> str:
         total = sum(per_message.values())
         lines.append(
             _row("CPU ms per message", f"{total:.2f} in all:  {per_process(per_message, 2)}")
+        )
+    if r.wal_per_message:
+        wal = r.wal_per_message
+        lines.append(
+            _row(
+                "PostgreSQL WAL per message",
+                f"{wal.get('bytes', 0):.0f} bytes, {wal.get('records', 0):.1f} records, "
+                f"{wal.get('full_page_images', 0):.2f} full-page images",
+            )
         )
     if r.busy_cores is not None:
         other = r.cpu_s.get(OTHER, 0.0)
