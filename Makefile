@@ -131,12 +131,17 @@ replay-dlq: venv
 # the sandbox with no faults, everything on this machine. Prints expansion time,
 # end-to-end throughput, due->gateway latency, peak RSS per process, and the sandbox's
 # own ceiling measured alone in the same run. DISPATCHERS=K for K dispatcher processes.
-# N=1000000 needs TIMEOUT=3600 or more at today's throughput.
+# N=1000000 needs TIMEOUT=3600 or more at today's throughput. PostgreSQL runs with its
+# durable defaults (fsync, synchronous_commit, full_page_writes on); BENCH_PG=fast turns
+# the three off as the tests do. JSON=FILE writes the figures; BASELINE=FILE (an earlier
+# JSON) prints each figure next to the baseline's, with the ratio.
 N ?= 100000
 DISPATCHERS ?= 1
 TIMEOUT ?= 600
+BENCH_PG ?= durable
 bench: venv
-	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench --clients $(N) --dispatchers $(DISPATCHERS) --timeout $(TIMEOUT)
+	@case '$(BENCH_PG)' in durable|fast) ;; *) echo "BENCH_PG=$(BENCH_PG): expected durable or fast" >&2; exit 2;; esac
+	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench --clients $(N) --dispatchers $(DISPATCHERS) --timeout $(TIMEOUT) $(if $(filter fast,$(BENCH_PG)),--fast-postgres) $(if $(JSON),--json '$(JSON)') $(if $(BASELINE),--baseline '$(BASELINE)')
 
 # The log lines of one mailing, message or client, in time order: MAILING=, MESSAGE=,
 # CLIENT= (combined with AND). FILE= log files or globs (default ./statistic.log);

@@ -8,11 +8,23 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 import tools.bench
+from tools.bench import figures
 from tools.bench.pipeline import Bench, BenchError, say
-from tools.bench.report import render, write_json
+from tools.bench.report import as_dict, render, write_json
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterable
+
+
+def baseline_report(path: str, current: dict[str, Any]) -> str:
+    """This run's figures next to those of the `--json` file at `path`."""
+    try:
+        baseline = figures.load(path)
+    except (OSError, ValueError) as exc:
+        return f"bench: baseline {path} not read: {exc}"
+    label = f"{path} (PostgreSQL {baseline.get('postgres') or 'settings not recorded'})"
+    rows = figures.compare(figures.figures(current), figures.figures(baseline))
+    return figures.render_comparison(rows, label)
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -34,6 +46,8 @@ async def amain(args: argparse.Namespace) -> int:
         failed = code != 0
         bench.cleanup(keep_workdir=failed)
         say(render(bench.results))
+        if args.baseline:
+            say(baseline_report(args.baseline, as_dict(bench.results)))
         if args.json:
             write_json(args.json, bench.results)
             say(f"bench: results written to {args.json}")
@@ -60,6 +74,17 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="a previous run's --json: print each figure next to it, with the ratio",
+    )
+    parser.add_argument(
+        "--fast-postgres",
+        action="store_true",
+        help="PostgreSQL with fsync, synchronous_commit and full_page_writes off, as the "
+        "tests run it (default: PostgreSQL's durable defaults)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
     parser.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes (1)")
     args = parser.parse_args(None if argv is None else list(argv))
@@ -67,6 +92,11 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
         parser.error("--clients must be between 1 and 999999999")
     if args.dispatchers < 1:
         parser.error("--dispatchers must be at least 1")
+    if args.baseline:
+        try:  # before a long run, not after it
+            figures.load(args.baseline)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--baseline {args.baseline}: {exc}")
     return args
 
 

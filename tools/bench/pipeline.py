@@ -27,9 +27,11 @@ from sqlalchemy.engine import make_url
 from services.sandbox.ceiling import measure_ceiling
 from services.sandbox.client import SandboxControl
 from services.sandbox.process import SandboxProcess
+from tools.bench.figures import early_rate
 from tools.bench.report import Progress, Results, per_process, percentile
-from tools.bench.sampling import Sampler, find_kafka, find_postgres
-from tools.infra import free_port, run_migrations
+from tools.bench.sampling import Sampler, find_kafka
+from tools.infra import InfraError, PostgresServer, free_port, run_migrations
+from tools.infra.postgres import durability_label, durability_settings
 
 if TYPE_CHECKING:
     import argparse
@@ -68,16 +70,19 @@ class Bench:
         self.args = args
         self.clients: int = args.clients
         try:
-            self.admin_url = os.environ["DATABASE_URL"]
             self.bootstrap = os.environ["KAFKA_BOOTSTRAP"]
         except KeyError as exc:
             raise BenchError(
                 f"{exc.args[0]} is not set: run under `python -m tools.infra run -- ...`"
             ) from None
         self.name = f"bench_{uuid.uuid4().hex[:10]}"
-        self.database_url = make_url(self.admin_url).set(database=self.name).render_as_string(False)
-        self.conninfo = libpq(self.database_url)
         self.workdir = Path(tempfile.mkdtemp(prefix="notifications-bench-"))
+        self.workdir.chmod(0o711)  # PostgreSQL may run as another user: let it traverse
+        # a server of its own, so the durability settings are the ones asked for
+        self.postgres = PostgresServer(self.workdir / "postgres", durable=not args.fast_postgres)
+        self.admin_url = self.postgres.url
+        self.database_url = ""
+        self.conninfo = ""
         self.log_file = self.workdir / "statistic.log"
         self.sandbox = SandboxProcess(log_path=self.workdir / "sandbox.log")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -90,6 +95,19 @@ class Bench:
         )
 
     # --- setup ------------------------------------------------------------------------
+
+    def start_postgres(self) -> None:
+        try:
+            self.postgres.start()
+        except InfraError as exc:
+            raise BenchError(f"PostgreSQL did not start: {exc}") from None
+        self.admin_url = self.postgres.url
+        url = make_url(self.admin_url).set(database=self.name)
+        self.database_url = url.render_as_string(hide_password=False)
+        self.conninfo = libpq(self.database_url)
+        settings = durability_settings(self.admin_url)
+        self.results.postgres_settings = settings
+        self.results.postgres = durability_label(settings)
 
     def create_database(self) -> None:
         with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
@@ -176,6 +194,8 @@ class Bench:
     async def run(self) -> int:
         r = self.results
         say(f"bench: database {self.name}, workdir {self.workdir}")
+        await asyncio.to_thread(self.start_postgres)
+        say(f"bench: {self.postgres.description}: {r.postgres}")
         await asyncio.to_thread(self.create_database)
         await asyncio.to_thread(self.sandbox.start, None, None, ledger_text=False)
         self.sampler.watch("sandbox", self.sandbox.pid)
@@ -186,7 +206,7 @@ class Bench:
         for index in range(1, dispatchers + 1):
             self.launch("dispatcher", "dispatcher" if dispatchers == 1 else f"dispatcher{index}")
         await asyncio.gather(*(self.wait_ready(name) for name in self.processes))
-        self.sampler.watch("postgres", find_postgres(self.admin_url))
+        self.sampler.watch("postgres", self.postgres.pid)
         self.sampler.watch("kafka", find_kafka(self.bootstrap))
         self.sampler.watch("bench", os.getpid())
         missing = {"postgres", "kafka"} - set(self.sampler.roots)
@@ -247,6 +267,7 @@ class Bench:
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=30,
         ) as api:
+            wal_before = await self.wal_counters()
             self.sampler.mark()  # CPU figures cover the mailing, not the client load
             t0 = time.time()
             response = await api.post("/api/v1/notifications/", json=body)
@@ -266,6 +287,7 @@ class Bench:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         r.wall_s = time.time() - t0
+        wal_after = await self.wal_counters()
         if not expansion.done():
             expansion.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -279,6 +301,24 @@ class Bench:
         r.duplicate_count = summary["duplicate_count"]
         r.duplicate_deliveries = summary["duplicate_deliveries"]
         await self.ledger_figures(control, mailing_id, t0)
+        if r.unique_accepted:
+            r.wal_per_message = {
+                name: (wal_after[name] - wal_before[name]) / r.unique_accepted
+                for name in wal_before
+            }
+
+    async def wal_counters(self) -> dict[str, float]:
+        """The cluster's WAL so far: bytes (its insert position, exact), records and
+        full-page images (pg_stat_wal, flushed by the backends about once a second).
+        Only this bench's database is busy in its server, so differences are the run's."""
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            cursor = await conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8, "
+                "wal_records::float8, wal_fpi::float8 FROM pg_stat_wal"
+            )
+            row = await cursor.fetchone()
+        wal_bytes, records, fpi = row if row else (0.0, 0.0, 0.0)
+        return {"bytes": wal_bytes, "records": records, "full_page_images": fpi}
 
     async def watch_expansion(self, mailing_id: int, t0: float, deadline: float) -> None:
         """Poll every 0.2 s until all N messages exist.
@@ -429,12 +469,18 @@ class Bench:
         for msg_id, at in pairs:
             first.setdefault(msg_id, at)
         last = max(first.values())
+        r.first_message_s = min(first.values()) - t0
         if r.completed:
             r.end_to_end_s = last - t0
             r.throughput_per_s = self.clients / r.end_to_end_s
         else:  # what it managed so far
             r.end_to_end_s = last - t0
             r.throughput_per_s = len(first) / r.end_to_end_s
+        early = early_rate(first.values(), t0)
+        if early is not None:
+            r.first_10s_per_s, r.first_window_s = early
+            if r.throughput_per_s:
+                r.first_10s_ratio = r.first_10s_per_s / r.throughput_per_s
 
         span = max(last - t0, 1e-6)
         width = max(5.0, math.ceil(span / 20 / 5) * 5)
@@ -496,13 +542,17 @@ class Bench:
             handle.close()
         if self.database_created:
             if self.args.keep:
-                say(f"bench: kept database {self.name} (--keep): {self.database_url}")
+                say(
+                    f"bench: kept database {self.name} (--keep) in the PostgreSQL data "
+                    f"directory {self.postgres.datadir} (the server is stopped)"
+                )
             else:
                 try:
                     with psycopg.connect(libpq(self.admin_url), autocommit=True) as conn:
                         conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
                 except psycopg.Error as exc:
                     say(f"bench: could not drop database {self.name}: {exc}")
+        self.postgres.stop()
         if keep_workdir or self.args.keep:
             say(f"bench: logs kept in {self.workdir}")
         else:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tools.bench.figures import cpu_ms_per_message, figures
 from tools.bench.sampling import OTHER
 
 LABEL = 30  # width of the report's first column
@@ -29,6 +30,8 @@ class Results:
     clients: int
     dispatchers: int
     log_level: str
+    postgres: str | None = None  # "durable (fsync=on, ...)": the live settings
+    postgres_settings: dict[str, str] = dataclasses.field(default_factory=dict)
     load_s: float | None = None
     mailing_id: int | None = None
     messages_created: int | None = None
@@ -44,6 +47,10 @@ class Results:
     end_to_end_s: float | None = None
     throughput_per_s: float | None = None
     wall_s: float | None = None
+    first_message_s: float | None = None  # t0 to the first arrival at the gateway
+    first_10s_per_s: float | None = None
+    first_window_s: float | None = None  # 10, or the whole run when it was shorter
+    first_10s_ratio: float | None = None  # first_10s_per_s / throughput_per_s
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
     latency_max_s: float | None = None
@@ -54,6 +61,7 @@ class Results:
     peak_rss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     peak_pss_mb: dict[str, float] = dataclasses.field(default_factory=dict)
     cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    wal_per_message: dict[str, float] = dataclasses.field(default_factory=dict)
     busy_cores: float | None = None  # the machine's average, all processes
     cores: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     ceiling: dict[str, Any] | None = None
@@ -84,6 +92,7 @@ def render(results: Results) -> str:
     lines = ["", "=" * 78]
     dispatchers = f"{r.dispatchers} dispatcher" + ("s" if r.dispatchers != 1 else "")
     lines.append(_row("clients", f"{r.clients}   ({dispatchers}, LOG_LEVEL {r.log_level})"))
+    lines.append(_row("PostgreSQL", r.postgres or "n/a"))
     lines.append(_row("client load (not a target)", _seconds(r.load_s, 1)))
     expansion = f"{_seconds(r.expansion_s)} (scheduler: {_seconds(r.expansion_scheduler_s)}"
     if r.expansion_activated_s is not None:
@@ -99,6 +108,17 @@ def render(results: Results) -> str:
     if not r.completed:
         end_to_end += f"  INCOMPLETE: {r.unique_accepted}/{r.clients} accepted"
     lines.append(_row("end to end", end_to_end))
+    if r.first_10s_per_s is not None:
+        window = f"{r.first_window_s or 0:.0f} s"
+        ratio = f"{r.first_10s_ratio:.2f}" if r.first_10s_ratio is not None else "n/a"
+        whole = f"{r.throughput_per_s:.0f}" if r.throughput_per_s is not None else "n/a"
+        lines.append(
+            _row(
+                f"msg/s first {window} / whole run",
+                f"{r.first_10s_per_s:.0f} / {whole}  (ratio {ratio})",
+            )
+        )
+    lines.append(_row("first message at the gateway", "t0 + " + _seconds(r.first_message_s)))
     if r.timeline_per_s:
         width = r.timeline_bucket_s or 0
         rates = " ".join(f"{rate:.0f}" for rate in r.timeline_per_s)
@@ -122,13 +142,21 @@ def render(results: Results) -> str:
     if r.peak_pss_mb:
         lines.append(_row("peak PSS (MB, shared split)", per_process(r.peak_pss_mb)))
     lines.append(_row("CPU seconds (from t0)", per_process(r.cpu_s, 1)))
-    pipeline_cpu = {k: v for k, v in r.cpu_s.items() if k not in ("bench", OTHER)}
-    if pipeline_cpu and r.unique_accepted:
-        # robust against a busy machine, unlike msg/s: what each message costs in CPU
-        per_message = {k: 1000 * v / r.unique_accepted for k, v in pipeline_cpu.items()}
+    # robust against a busy machine, unlike msg/s: what each message costs in CPU
+    per_message = cpu_ms_per_message(r.cpu_s, r.unique_accepted)
+    if per_message:
         total = sum(per_message.values())
         lines.append(
             _row("CPU ms per message", f"{total:.2f} in all:  {per_process(per_message, 2)}")
+        )
+    if r.wal_per_message:
+        wal = r.wal_per_message
+        lines.append(
+            _row(
+                "PostgreSQL WAL per message",
+                f"{wal.get('bytes', 0):.0f} bytes, {wal.get('records', 0):.1f} records, "
+                f"{wal.get('full_page_images', 0):.2f} full-page images",
+            )
         )
     if r.busy_cores is not None:
         other = r.cpu_s.get(OTHER, 0.0)
@@ -156,5 +184,12 @@ def render(results: Results) -> str:
     return "\n".join(lines)
 
 
+def as_dict(results: Results) -> dict[str, Any]:
+    """The results, and their headline figures under "figures" (see `figures`)."""
+    data = dataclasses.asdict(results)
+    data["figures"] = figures(data)
+    return data
+
+
 def write_json(path: str, results: Results) -> None:
-    Path(path).write_text(json.dumps(dataclasses.asdict(results), indent=2) + "\n")
+    Path(path).write_text(json.dumps(as_dict(results), indent=2) + "\n")

@@ -118,15 +118,46 @@ def postgres_version(conninfo: str) -> str:
     return f"PostgreSQL {version}"
 
 
+#: The settings that trade durability for speed; PostgreSQL's defaults are all "on".
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+def durability_settings(conninfo: str) -> dict[str, str]:
+    """The live values of `DURABILITY_SETTINGS` on the server (``SHOW name``)."""
+    import psycopg
+
+    dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", conninfo)
+    values: dict[str, str] = {}
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        for name in DURABILITY_SETTINGS:
+            row = conn.execute(f"SHOW {name}").fetchone()
+            values[name] = str(row[0]) if row else "?"
+    return values
+
+
+def durability_label(settings: dict[str, str]) -> str:
+    """'durable (fsync=on, ...)' when all are on, 'fast (...)' when all are off, else
+    'mixed (...)'."""
+    values = {name: settings.get(name, "?") for name in DURABILITY_SETTINGS}
+    mode = "durable" if all(v == "on" for v in values.values()) else "mixed"
+    if all(v == "off" for v in values.values()):
+        mode = "fast"
+    listed = ", ".join(f"{name}={value}" for name, value in values.items())
+    return f"{mode} ({listed})"
+
+
 class PostgresServer(Managed):
     """A throwaway PostgreSQL cluster in ``workdir/pgdata`` on 127.0.0.1 (trust auth).
 
-    Speed over durability (fsync, synchronous_commit and full_page_writes off): for
-    tests and the local stack only. Reusing a workdir reuses its data.
+    By default speed over durability (fsync, synchronous_commit and full_page_writes
+    off): for tests and the local stack only. ``durable=True`` keeps PostgreSQL's own
+    defaults for the three (all on), as a deployment runs: the benchmark's default.
+    Reusing a workdir reuses its data.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, durable: bool = False) -> None:
         self.workdir = Path(workdir).absolute()
+        self.durable = durable
         self._auto_port = port is None
         self.port = port if port is not None else free_port()
         self.user = POSTGRES_SUPERUSER
@@ -251,12 +282,7 @@ class PostgresServer(Managed):
                         socket_dir,
                         "-c",
                         f"listen_addresses={LOCALHOST}",
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
+                        *self._durability_args(),
                         "-c",
                         "max_connections=200",
                         "-c",
@@ -304,6 +330,12 @@ class PostgresServer(Managed):
                 self.port,
                 time.monotonic() - started,
             )
+
+    def _durability_args(self) -> list[str]:
+        """Nothing when durable (PostgreSQL's defaults), else the three settings off."""
+        if self.durable:
+            return []
+        return [arg for name in DURABILITY_SETTINGS for arg in ("-c", f"{name}=off")]
 
     def _initdb(self, bin_dir: Path, env: dict[str, str], uid: int | None, gid: int | None) -> None:
         argv = [
