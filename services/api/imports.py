@@ -156,7 +156,11 @@ _ADD_TAGS_SKIPPING = _ADD_TAGS + "ON CONFLICT DO NOTHING"
 # What the import changed in the audience counts, for `audience_count_apply()`: +1 under
 # each created or updated client's new (zone, operator code as `client` computes it,
 # sorted tag ids), -1 under each updated client's old one. Read after the writes, with
-# the updated clients' row locks held; raced rows are no longer 'created'.
+# the updated clients' row locks held; raced rows are no longer 'created'. The old keys
+# come from the plan, read before those locks: an API change to the same client
+# committed between the plan and _UPDATE would leave its key counted wrong until
+# `audience_count_rebuild()` (the timezone and tags the import writes have the same
+# window).
 _DELTAS = """
 CREATE TEMPORARY TABLE audience_delta ON COMMIT DROP AS
 SELECT d.timezone, CAST(substr(p.phone, 2, 3) AS smallint) AS operator_code, d.tag_ids,

@@ -30,8 +30,10 @@ statement triggers then return at once. Before it commits it must fill a tempora
 `audience_delta (timezone text, operator_code smallint, tag_ids bigint[], clients
 bigint)` with every change it made (+1 under each live client's new key, -1 under its
 old one; tag ids sorted and distinct) and call `audience_count_apply()`, which records
-those rows into both tables. It must hold the row locks of the clients it moves while it
-reads their old keys and changes them, as the triggers' callers do.
+those rows into both tables. Its old keys must be those the clients had when it changed
+them: a change another transaction commits in between is counted by that transaction's
+triggers and would be undone twice. (The import reads them in its plan, before it locks
+the clients it updates: a narrow window, see services/api/imports.py.)
 
 `audience_zone_count` keeps the zone for the per-zone counts; `audience_tag_count` the
 same without the zone (a few thousand rows) for the per-tag counts. A client's tags
