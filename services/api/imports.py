@@ -64,6 +64,9 @@ _COPY = "COPY import_row (line, phone, timezone, tags) FROM STDIN"
 # Sorts and hashes of a million rows fit in memory instead of spilling to disk; for
 # this transaction only.
 _WORK_MEM = "SET LOCAL work_mem = '64MB'"
+# The audience counts (migration 0005): this transaction records its own changes in one
+# statement (_DELTAS) instead of the per-statement triggers probing each moved client.
+_CALLER_COUNTS = "SET LOCAL notifications.audience_counts = 'caller'"
 # The first line of each telephone, the live client that has it, and what will become
 # of it, decided once: `outcome` created / taken (mode=create) / updated / unchanged,
 # `tags_changed`, and the id of each client to create, drawn from the sequence in line
@@ -71,14 +74,14 @@ _WORK_MEM = "SET LOCAL work_mem = '64MB'"
 # `client` go in here and in _INSERT / _UPDATE.
 _PLAN = """
 CREATE TEMPORARY TABLE import_plan ON COMMIT DROP AS
-SELECT d.line, d.phone, d.timezone, d.tags, d.old_timezone, d.tags_changed,
+SELECT d.line, d.phone, d.timezone, d.tags, d.old_timezone, d.old_tag_ids, d.tags_changed,
     CASE WHEN d.old_id IS NULL THEN nextval('client_id_seq') ELSE d.old_id END AS client_id,
     CASE WHEN d.old_id IS NULL THEN 'created'
          WHEN NOT CAST(:upsert AS boolean) THEN 'taken'
          WHEN d.tags_changed OR d.timezone <> d.old_timezone THEN 'updated'
          ELSE 'unchanged' END AS outcome
 FROM (
-    SELECT f.*, f.old_id IS NULL OR (
+    SELECT f.*, old.ids AS old_tag_ids, f.old_id IS NULL OR (
         CAST(:upsert AS boolean)
         AND NOT (old.names @> f.tags AND f.tags @> old.names)
     ) AS tags_changed
@@ -93,7 +96,8 @@ FROM (
         ORDER BY r.phone, r.line
     ) f
     LEFT JOIN LATERAL (
-        SELECT coalesce(array_agg(t.name::text), ARRAY[]::text[]) AS names
+        SELECT coalesce(array_agg(t.name::text), ARRAY[]::text[]) AS names,
+               coalesce(array_agg(t.id ORDER BY t.id), ARRAY[]::bigint[]) AS ids
         FROM client_tag ct JOIN tag t ON t.id = ct.tag_id
         WHERE ct.client_id = f.old_id AND CAST(:upsert AS boolean)
     ) old ON true
@@ -149,6 +153,34 @@ FROM import_plan p, unnest(p.tags) AS n(tag_name), tag t
 WHERE p.tags_changed AND p.outcome IN ('created', 'updated') AND t.name = n.tag_name
 """
 _ADD_TAGS_SKIPPING = _ADD_TAGS + "ON CONFLICT DO NOTHING"
+# What the import changed in the audience counts, for `audience_count_apply()`: +1 under
+# each created or updated client's new (zone, operator code as `client` computes it,
+# sorted tag ids), -1 under each updated client's old one. Read after the writes, with
+# the updated clients' row locks held; raced rows are no longer 'created'. The old keys
+# come from the plan, read before those locks: an API change to the same client
+# committed between the plan and _UPDATE would leave its key counted wrong until
+# `audience_count_rebuild()` (the timezone and tags the import writes have the same
+# window).
+_DELTAS = """
+CREATE TEMPORARY TABLE audience_delta ON COMMIT DROP AS
+SELECT d.timezone, CAST(substr(p.phone, 2, 3) AS smallint) AS operator_code, d.tag_ids,
+       d.clients
+FROM import_plan p
+CROSS JOIN LATERAL (
+    SELECT coalesce(array_agg(DISTINCT t.id ORDER BY t.id), ARRAY[]::bigint[]) AS ids
+    FROM unnest(p.tags) AS n(tag_name) JOIN tag t ON t.name = n.tag_name
+    WHERE p.tags_changed
+) new_
+CROSS JOIN LATERAL (
+    SELECT CAST(p.timezone AS text),
+           CASE WHEN p.tags_changed THEN new_.ids ELSE p.old_tag_ids END, 1::bigint
+    UNION ALL
+    SELECT CAST(p.old_timezone AS text), p.old_tag_ids, -1::bigint
+    WHERE p.outcome = 'updated'
+) AS d(timezone, tag_ids, clients)
+WHERE p.outcome IN ('created', 'updated')
+"""
+_APPLY_COUNTS = "SELECT audience_count_apply()"
 _TAKEN_ROWS = """
 SELECT line, phone, client_id FROM import_plan WHERE outcome = 'taken' ORDER BY line LIMIT :n
 """
@@ -251,6 +283,7 @@ async def import_clients(
 ) -> ImportResult:
     """Import a CSV or NDJSON stream in the caller's transaction (see the module doc)."""
     await session.execute(text(_WORK_MEM))
+    await session.execute(text(_CALLER_COUNTS))
     result, staged = await _stage(session, kind, chunks)
     await session.execute(text(_PLAN), {"upsert": mode == "upsert"})
     await session.execute(text("ANALYZE import_plan"))
@@ -271,6 +304,8 @@ async def import_clients(
         await session.execute(text(_DROP_TAGS))
     await session.execute(text(_NEW_TAGS))
     await _insert(session, _ADD_TAGS, _ADD_TAGS_SKIPPING)
+    await session.execute(text(_DELTAS))
+    await session.execute(text(_APPLY_COUNTS))
     result.created = created
     result.updated = int(counts.updated)
     result.unchanged = int(counts.unchanged)

@@ -138,6 +138,72 @@ async def test_counts_follow_the_bulk_import_in_both_modes(api: ApiClient) -> No
     assert await _api_mismatches(api) == {"zone": 0, "code": 0}
 
 
+async def _import(api: ApiClient, rows: list[str], mode: str) -> dict[str, Any]:
+    csv = "telephone,tag,timezone\n" + "\n".join(rows) + "\n"
+    answer = await api.http.post(
+        "/api/v1/clients/import/",
+        params={"mode": mode},
+        content=csv.encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+async def test_counts_follow_an_upsert_that_moves_clients_and_creates_others(
+    api: ApiClient,
+) -> None:
+    """The import records its own counts: zones and tags of existing clients changed,
+    new clients created, repeated telephones and tag names, all in one file."""
+    prefix = f"am-{uuid.uuid4().hex[:8]}"
+    old = [phone() for _ in range(24)]
+    rows = [f"{p},{prefix}-a|{prefix}-{n % 4},Europe/Moscow" for n, p in enumerate(old)]
+    assert (await _import(api, rows, "create"))["created"] == 24
+    # An API client with tags too, moved by the import below.
+    body = {"telephone": phone(), "tag": [f"{prefix}-z"], "timezone": "Asia/Tokyo"}
+    response = await api.http.post("/api/v1/clients/", json=body)
+    assert response.status_code == 201, response.text
+    assert await _api_mismatches(api) == {"zone": 0, "code": 0}
+
+    new = [phone() for _ in range(10)]
+    rows = [
+        f"{p},{prefix}-b|{prefix}-b,Asia/Omsk"  # zone and tags (a tag given twice)
+        if n % 4 == 0
+        else f"{p},{prefix}-a|{prefix}-{n % 4},Asia/Omsk"  # zone only
+        if n % 4 == 1
+        else f"{p},{prefix}-{n % 4}|{prefix}-c,Europe/Moscow"  # tags only
+        if n % 4 == 2
+        else f"{p},{prefix}-a|{prefix}-{n % 4},Europe/Moscow"  # unchanged
+        for n, p in enumerate(old)
+    ]
+    rows += [f"{body['telephone']},,UTC"]  # all tags dropped, zone changed
+    rows += [f"{p},{prefix}-new|{prefix}-a,America/Lima" for p in new]
+    rows += [f"{new[0]},{prefix}-ignored,UTC"]  # the first line of a telephone counts
+    answer = await _import(api, rows, "upsert")
+    assert (answer["created"], answer["updated"], answer["unchanged"]) == (10, 19, 6)
+    assert await _api_mismatches(api) == {"zone": 0, "code": 0}
+
+
+async def test_writes_after_an_import_still_move_the_counts(api: ApiClient) -> None:
+    """The import's say-so is for its own transaction: the API's writes after it (on
+    the same pooled connections) are counted by the triggers again."""
+    prefix = f"aw-{uuid.uuid4().hex[:8]}"
+    phones = [phone() for _ in range(5)]
+    await _import(api, [f"{p},{prefix}-a,UTC" for p in phones], "upsert")
+    for _ in range(3):
+        body = {"telephone": phone(), "tag": [f"{prefix}-b"], "timezone": "Asia/Dubai"}
+        response = await api.http.post("/api/v1/clients/", json=body)
+        assert response.status_code == 201, response.text
+    with psycopg.connect(_libpq(api.settings.database_url)) as conn:
+        counted = conn.execute(
+            "SELECT coalesce(sum(clients), 0) FROM audience_zone_count a JOIN tag t "
+            "ON a.tag_ids = ARRAY[t.id] WHERE t.name = %s AND a.timezone = 'Asia/Dubai'",
+            (f"{prefix}-b",),
+        ).fetchone()
+        assert counted == (3,)
+        assert _mismatches(conn) == {"zone": 0, "code": 0}
+
+
 async def test_compaction_folds_the_rows_and_keeps_the_sums(api: ApiClient) -> None:
     for _ in range(3):
         body = {"telephone": phone(), "tag": ["compact-me"], "timezone": "Asia/Kolkata"}

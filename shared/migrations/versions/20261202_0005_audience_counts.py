@@ -23,6 +23,18 @@ change (set-based: a bulk import adds one aggregated statement per statement it 
   client would run).
 - TRUNCATE of either table: everything recounted.
 
+A caller that records its own counts (the bulk import, services/api/imports.py: it
+knows every client it creates and moves, so it needs no per-client probes) says so for
+its transaction only, `SET LOCAL notifications.audience_counts = 'caller'`: the two
+statement triggers then return at once. Before it commits it must fill a temporary table
+`audience_delta (timezone text, operator_code smallint, tag_ids bigint[], clients
+bigint)` with every change it made (+1 under each live client's new key, -1 under its
+old one; tag ids sorted and distinct) and call `audience_count_apply()`, which records
+those rows into both tables. Its old keys must be those the clients had when it changed
+them: a change another transaction commits in between is counted by that transaction's
+triggers and would be undone twice. (The import reads them in its plan, before it locks
+the clients it updates: a narrow window, see services/api/imports.py.)
+
 `audience_zone_count` keeps the zone for the per-zone counts; `audience_tag_count` the
 same without the zone (a few thousand rows) for the per-tag counts. A client's tags
 change under its row lock (the API's PUT/PATCH/DELETE lock the row; the import updates
@@ -65,6 +77,21 @@ _TAGS_NOW = """
     SELECT coalesce(array_agg(ct.tag_id ORDER BY ct.tag_id), '{}') AS ids
     FROM client_tag ct WHERE ct.client_id = c.id
 """
+
+# The caller records the counts itself (see the module doc): the triggers stand aside.
+_CALLER = """
+    IF current_setting('notifications.audience_counts', true) = 'caller' THEN
+        RETURN NULL;
+    END IF;
+"""
+
+# A caller's `audience_delta` rows recorded into both tables.
+_APPLY = f"""
+    WITH deltas AS (
+        SELECT timezone, operator_code, tag_ids, clients FROM audience_delta
+    ),
+    {_RECORD}
+"""  # noqa: S608 (constant SQL fragments, no input)
 
 _CLIENT_INSERT = f"""
     WITH deltas AS (
@@ -233,6 +260,7 @@ def upgrade() -> None:
         _function(
             "audience_count_client",
             f"""
+            {_CALLER}
             IF TG_OP = 'INSERT' THEN {_CLIENT_INSERT};
             ELSIF TG_OP = 'UPDATE' THEN {_CLIENT_UPDATE};
             ELSE PERFORM audience_count_rebuild();
@@ -245,6 +273,7 @@ def upgrade() -> None:
         _function(
             "audience_count_client_tag",
             f"""
+            {_CALLER}
             IF TG_OP = 'INSERT' THEN {_TAGS_MOVED.format(moved=_ADDED)};
             ELSIF TG_OP = 'DELETE' THEN {_TAGS_MOVED.format(moved=_REMOVED)};
             ELSIF TG_OP = 'UPDATE' THEN {_TAGS_MOVED.format(moved=_REPLACED)};
@@ -273,6 +302,7 @@ def upgrade() -> None:
         )
     )
     op.execute(_function("audience_count_rebuild", _REBUILD + ";\nRETURN;", returns="void"))
+    op.execute(_function("audience_count_apply", _APPLY + ";\nRETURN;", returns="void"))
     op.execute(
         _function(
             "audience_count_compact",
@@ -336,6 +366,7 @@ def downgrade() -> None:
         "audience_count_client_gone",
         "audience_count_compact",
         "audience_count_rebuild",
+        "audience_count_apply",
     ):
         op.execute(f"DROP FUNCTION {function}()")
     op.drop_table("audience_tag_count")
