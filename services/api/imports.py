@@ -72,6 +72,15 @@ _CALLER_COUNTS = "SET LOCAL notifications.audience_counts = 'caller'"
 # `tags_changed`, and the id of each client to create, drawn from the sequence in line
 # order (the rows are then inserted as they are, nothing read back). New columns of
 # `client` go in here and in _INSERT / _UPDATE.
+# Upsert: every live client the file names is locked first (in id order, so two
+# imports never deadlock), so the zone and tags the plan then reads stay theirs until
+# commit: the import's own count deltas (_DELTAS) start from the keys really counted.
+_LOCK_NAMED = """
+SELECT count(*) FROM (
+    SELECT c.id FROM client c JOIN import_row r ON r.phone = c.phone
+    WHERE c.deleted_at IS NULL ORDER BY c.id FOR UPDATE OF c
+) locked
+"""
 _PLAN = """
 CREATE TEMPORARY TABLE import_plan ON COMMIT DROP AS
 SELECT d.line, d.phone, d.timezone, d.tags, d.old_timezone, d.old_tag_ids, d.tags_changed,
@@ -155,12 +164,9 @@ WHERE p.tags_changed AND p.outcome IN ('created', 'updated') AND t.name = n.tag_
 _ADD_TAGS_SKIPPING = _ADD_TAGS + "ON CONFLICT DO NOTHING"
 # What the import changed in the audience counts, for `audience_count_apply()`: +1 under
 # each created or updated client's new (zone, operator code as `client` computes it,
-# sorted tag ids), -1 under each updated client's old one. Read after the writes, with
-# the updated clients' row locks held; raced rows are no longer 'created'. The old keys
-# come from the plan, read before those locks: an API change to the same client
-# committed between the plan and _UPDATE would leave its key counted wrong until
-# `audience_count_rebuild()` (the timezone and tags the import writes have the same
-# window).
+# sorted tag ids), -1 under each updated client's old one. The old keys come from the
+# plan, read under the row locks _LOCK_NAMED took, so no other write changed those
+# clients in between; raced rows are no longer 'created'.
 _DELTAS = """
 CREATE TEMPORARY TABLE audience_delta ON COMMIT DROP AS
 SELECT d.timezone, CAST(substr(p.phone, 2, 3) AS smallint) AS operator_code, d.tag_ids,
@@ -285,6 +291,8 @@ async def import_clients(
     await session.execute(text(_WORK_MEM))
     await session.execute(text(_CALLER_COUNTS))
     result, staged = await _stage(session, kind, chunks)
+    if mode == "upsert":
+        await session.execute(text(_LOCK_NAMED))
     await session.execute(text(_PLAN), {"upsert": mode == "upsert"})
     await session.execute(text("ANALYZE import_plan"))
     counts = (await session.execute(text(_COUNTS))).one()

@@ -32,8 +32,8 @@ bigint)` with every change it made (+1 under each live client's new key, -1 unde
 old one; tag ids sorted and distinct) and call `audience_count_apply()`, which records
 those rows into both tables. Its old keys must be those the clients had when it changed
 them: a change another transaction commits in between is counted by that transaction's
-triggers and would be undone twice. (The import reads them in its plan, before it locks
-the clients it updates: a narrow window, see services/api/imports.py.)
+triggers and would be undone twice. (The import locks every live client its file names
+before its plan reads them: services/api/imports.py, `_LOCK_NAMED`.)
 
 `audience_zone_count` keeps the zone for the per-zone counts; `audience_tag_count` the
 same without the zone (a few thousand rows) for the per-tag counts. A client's tags
