@@ -14,8 +14,8 @@ from playwright.async_api import Page, expect
 
 from services.api.main import create_app
 from tests.support.browser import serving
+from tests.support.databases import libpq
 from tests.support.infra import make_settings
-from tests.support.pipeline import libpq
 from tools.infra.keycloak import PRESET_USERS
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 
-from tests.support.pipeline import Pipeline, fmt, libpq, log_lines, metric
+from tests.support.databases import libpq
+from tests.support.pipeline import Pipeline, fmt, log_lines, metric
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:

@@ -7,20 +7,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from services.api.main import create_app as api_app
 from services.reporter.main import create_app as reporter_app
 from shared.api_keys import StartRefused
+from tests.support.databases import scratch_database
 from tests.support.infra import REPO, make_settings
 from tests.support.keys import bearer, create_key, served
 from tests.support.report_helpers import DAY, Clock, SmtpServer, local
-from tools.infra import free_port, run_migrations
+from tools.infra import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,24 +27,11 @@ if TYPE_CHECKING:
     from tests.support.infra import Infra
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @pytest.fixture
 def empty_database(infra: Infra) -> Iterator[str]:
     """A database of its own, migrated, with no API key."""
-    name = f"bootstrap_{uuid.uuid4().hex[:8]}"
-    admin = _libpq(infra.database_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        run_migrations(url)
+    with scratch_database(infra.database_url, "bootstrap") as url:
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _key_command(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:

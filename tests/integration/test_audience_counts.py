@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from shared.audience import compact_counts
 from shared.db import create_engine, create_session_factory
-from tests.integration.test_migrations import _alembic
 from tests.support.api_helpers import phone
+from tests.support.databases import libpq, scratch_database
 
 if TYPE_CHECKING:
     from tests.support.api_helpers import ApiClient
@@ -68,16 +67,12 @@ _KEYS = (
 )
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _mismatches(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return {kind: int(n) for kind, n in conn.execute(_MISMATCHES).fetchall()}
 
 
 async def _api_mismatches(api: ApiClient) -> dict[str, int]:
-    with psycopg.connect(_libpq(api.settings.database_url)) as conn:
+    with psycopg.connect(libpq(api.settings.database_url)) as conn:
         return _mismatches(conn)
 
 
@@ -194,7 +189,7 @@ async def test_writes_after_an_import_still_move_the_counts(api: ApiClient) -> N
         body = {"telephone": phone(), "tag": [f"{prefix}-b"], "timezone": "Asia/Dubai"}
         response = await api.http.post("/api/v1/clients/", json=body)
         assert response.status_code == 201, response.text
-    with psycopg.connect(_libpq(api.settings.database_url)) as conn:
+    with psycopg.connect(libpq(api.settings.database_url)) as conn:
         counted = conn.execute(
             "SELECT coalesce(sum(clients), 0) FROM audience_zone_count a JOIN tag t "
             "ON a.tag_ids = ARRAY[t.id] WHERE t.name = %s AND a.timezone = 'Asia/Dubai'",
@@ -230,7 +225,7 @@ async def test_compaction_folds_the_rows_and_keeps_the_sums(api: ApiClient) -> N
 def _one_compaction_at_a_time(url: str, conn: psycopg.Connection[Any]) -> None:
     """While another session holds the compaction's lock, a compaction changes nothing."""
     rows = conn.execute(_ROWS).fetchone()
-    with psycopg.connect(_libpq(url), autocommit=True) as other:
+    with psycopg.connect(libpq(url), autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (COMPACT_LOCK,))
         conn.execute("SELECT audience_count_compact()")
         assert conn.execute(_ROWS).fetchone() == rows
@@ -239,49 +234,42 @@ def _one_compaction_at_a_time(url: str, conn: psycopg.Connection[Any]) -> None:
 
 def test_counts_follow_sql_the_service_never_runs(infra: Infra) -> None:
     """A database of its own: TRUNCATE would take every other test's clients with it."""
-    name = f"counts_{uuid.uuid4().hex[:8]}"
-    admin = _libpq(infra.database_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        _alembic(url, "upgrade", "head")
-        with psycopg.connect(_libpq(url), autocommit=True) as conn:
-            conn.execute("INSERT INTO tag (name) VALUES ('a'), ('b'), ('c')")
-            conn.execute(
-                "INSERT INTO client (phone, timezone) "
-                "SELECT '7' || (900 + n % 20)::text || lpad(n::text, 7, '0'), "
-                "(ARRAY['UTC', 'Asia/Tokyo', 'Europe/Berlin'])[1 + n % 3] "
-                "FROM generate_series(1, 300) AS n"
-            )
-            # Tags and clients in one statement each, in bulk, as the import does.
-            conn.execute(
-                "INSERT INTO client_tag (client_id, tag_id) SELECT c.id, t.id FROM client c "
-                "JOIN tag t ON (c.id + t.id) % 3 <> 0"
-            )
-            assert _mismatches(conn) == {"zone": 0, "code": 0}
-            steps = [
-                "UPDATE client_tag SET tag_id = (SELECT id FROM tag WHERE name = 'c') "
-                "WHERE tag_id = (SELECT id FROM tag WHERE name = 'a') AND client_id % 5 = 0 "
-                "AND NOT EXISTS (SELECT 1 FROM client_tag x "
-                "WHERE x.client_id = client_tag.client_id "
-                "AND x.tag_id = (SELECT id FROM tag WHERE name = 'c'))",
-                "UPDATE client SET timezone = 'Asia/Dubai' WHERE id % 7 = 0",
-                "UPDATE client SET updated_at = now()",
-                "UPDATE client SET deleted_at = now() WHERE id % 11 = 0",
-                "DELETE FROM client WHERE id % 13 = 0",
-                "DELETE FROM tag WHERE name = 'b'",
-                "DELETE FROM client_tag WHERE client_id % 4 = 0",
-                "SELECT audience_count_compact()",
-                "TRUNCATE client_tag",
-            ]
-            for step in steps:
-                if step == "SELECT audience_count_compact()":
-                    _one_compaction_at_a_time(url, conn)
-                conn.execute(step)
-                assert _mismatches(conn) == {"zone": 0, "code": 0}, step
-            conn.execute("TRUNCATE client CASCADE")
-            assert conn.execute(_ROWS).fetchone() == (0, 0)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with (
+        scratch_database(infra.database_url, "counts") as url,
+        psycopg.connect(libpq(url), autocommit=True) as conn,
+    ):
+        conn.execute("INSERT INTO tag (name) VALUES ('a'), ('b'), ('c')")
+        conn.execute(
+            "INSERT INTO client (phone, timezone) "
+            "SELECT '7' || (900 + n % 20)::text || lpad(n::text, 7, '0'), "
+            "(ARRAY['UTC', 'Asia/Tokyo', 'Europe/Berlin'])[1 + n % 3] "
+            "FROM generate_series(1, 300) AS n"
+        )
+        # Tags and clients in one statement each, in bulk, as the import does.
+        conn.execute(
+            "INSERT INTO client_tag (client_id, tag_id) SELECT c.id, t.id FROM client c "
+            "JOIN tag t ON (c.id + t.id) % 3 <> 0"
+        )
+        assert _mismatches(conn) == {"zone": 0, "code": 0}
+        steps = [
+            "UPDATE client_tag SET tag_id = (SELECT id FROM tag WHERE name = 'c') "
+            "WHERE tag_id = (SELECT id FROM tag WHERE name = 'a') AND client_id % 5 = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM client_tag x "
+            "WHERE x.client_id = client_tag.client_id "
+            "AND x.tag_id = (SELECT id FROM tag WHERE name = 'c'))",
+            "UPDATE client SET timezone = 'Asia/Dubai' WHERE id % 7 = 0",
+            "UPDATE client SET updated_at = now()",
+            "UPDATE client SET deleted_at = now() WHERE id % 11 = 0",
+            "DELETE FROM client WHERE id % 13 = 0",
+            "DELETE FROM tag WHERE name = 'b'",
+            "DELETE FROM client_tag WHERE client_id % 4 = 0",
+            "SELECT audience_count_compact()",
+            "TRUNCATE client_tag",
+        ]
+        for step in steps:
+            if step == "SELECT audience_count_compact()":
+                _one_compaction_at_a_time(url, conn)
+            conn.execute(step)
+            assert _mismatches(conn) == {"zone": 0, "code": 0}, step
+        conn.execute("TRUNCATE client CASCADE")
+        assert conn.execute(_ROWS).fetchone() == (0, 0)

@@ -26,8 +26,9 @@ from services.scheduler.convergence import MAILING_LOCK
 from shared.consumer_lag import EXIT_CONSUMER_STALLED
 from shared.events import MailingData, MailingUpdated, SendData, SendMessage
 from shared.kafka import ensure_topics
+from tests.support.databases import libpq
 from tests.support.infra import REPO, make_settings
-from tests.support.pipeline import ensure_template, libpq
+from tests.support.pipeline import ensure_template
 from tests.support.polling import eventually
 from tools.infra import free_port
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from typing import TYPE_CHECKING
 
 import psycopg
-from sqlalchemy.engine import make_url
 
-from tests.support.infra import REPO
+from tests.support.databases import alembic, libpq, scratch_database
 
 if TYPE_CHECKING:
     from tests.support.infra import Infra
@@ -34,25 +30,8 @@ TABLES = {
 }
 
 
-def _alembic(url: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), *args],
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout + result.stderr
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _tables(url: str) -> set[str]:
-    with psycopg.connect(_libpq(url)) as conn:
+    with psycopg.connect(libpq(url)) as conn:
         rows = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         ).fetchall()
@@ -60,7 +39,7 @@ def _tables(url: str) -> set[str]:
 
 
 def _constraints(url: str, table: str) -> set[str]:
-    with psycopg.connect(_libpq(url)) as conn:
+    with psycopg.connect(libpq(url)) as conn:
         rows = conn.execute(
             "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass", (table,)
         ).fetchall()
@@ -68,31 +47,23 @@ def _constraints(url: str, table: str) -> set[str]:
 
 
 def test_upgrade_downgrade_upgrade_on_a_fresh_database(infra: Infra) -> None:
-    name = f"migrations_{uuid.uuid4().hex[:8]}"
-    admin = _libpq(infra.database_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(infra.database_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        _alembic(url, "upgrade", "head")
+    with scratch_database(infra.database_url, "migrations", migrated=False) as url:
+        alembic(url, "upgrade", "head")
         assert _tables(url) == TABLES
         assert "uq_message_mailing_id" in _constraints(url, "message")
         assert "ck_mailing_stop_after_start" in _constraints(url, "mailing")
 
-        _alembic(url, "downgrade", "base")
+        alembic(url, "downgrade", "base")
         assert _tables(url) == set()
 
-        _alembic(url, "upgrade", "head")
+        alembic(url, "upgrade", "head")
         assert _tables(url) == TABLES
         # The models and the migrations describe the same schema.
-        assert "No new upgrade operations detected" in _alembic(url, "check")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        assert "No new upgrade operations detected" in alembic(url, "check")
 
 
 def test_operator_code_is_derived_by_the_database(infra: Infra) -> None:
-    with psycopg.connect(_libpq(infra.database_url)) as conn:
+    with psycopg.connect(libpq(infra.database_url)) as conn:
         phone = f"7{uuid.uuid4().int % 10**10:010d}"
         row = conn.execute(
             "INSERT INTO client (phone) VALUES (%s) RETURNING operator_code, timezone", (phone,)

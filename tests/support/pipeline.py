@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from services.sandbox.client import SandboxControl
 from services.sandbox.process import SandboxProcess
+from tests.support.databases import libpq
 from tests.support.infra import REPO
 from tests.support.polling import eventually
 from tools.infra import free_port
@@ -34,13 +35,6 @@ if TYPE_CHECKING:
 TOKEN = "e2e-token"
 SERVICES = ("api", "scheduler", "dispatcher", "reporter")
 TEMPLATE = "notifications_template"
-
-
-def libpq(url: str, database: str | None = None) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
 
 
 def ensure_template(database_url: str) -> None:
