@@ -2,9 +2,7 @@
 dispatcher and the gateway sandbox as processes. Every page runs in `offline_page`:
 a request to any host but this machine fails the test.
 
-The import, pause/resume, cancel and replay flows use the endpoints of issue 11's other
-parts (import, control); they pass once those are merged with the console. The API's
-counts come from the reporter's counters, so the reporter runs too.
+The API's counts come from the reporter's counters, so the reporter runs too.
 `test_screenshots_of_each_page` takes a screenshot of every page; `make screenshots`
 runs it with CONSOLE_SCREENSHOTS_DIR=docs/console to refresh the ones the docs show
 (otherwise they go to the test's temporary directory, and the tree stays clean).
@@ -157,7 +155,6 @@ async def test_sign_in_add_a_client_create_a_mailing_and_watch_it_finish(
 async def test_import_clients_from_csv_names_the_bad_rows(
     offline_page: Page, pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    """Needs POST /api/v1/clients/import/ (issue 11, import)."""
     page, pipe = offline_page, pipeline
     tag = f"imp-{uuid.uuid4().hex[:8]}"
     prefix = 7_950_000_0000 + uuid.uuid4().int % 900 * 10_000
@@ -192,22 +189,28 @@ async def test_import_clients_from_csv_names_the_bad_rows(
     assert count == [(997,)]
 
 
-async def test_pause_sends_nothing_until_resumed(
-    offline_page: Page, slow_pipeline: Pipeline
-) -> None:
-    """Needs POST .../pause/ and .../resume/ (issue 11, control)."""
-    page, pipe = offline_page, slow_pipeline
-    tag = f"pause-{uuid.uuid4().hex[:8]}"
+async def underway(page: Page, pipe: Pipeline, text: str, sent: int) -> dict[str, Any]:
+    """A mailing of a hundred clients running on the slow gateway, at least `sent` of
+    them delivered, open in the console."""
+    tag = f"run-{uuid.uuid4().hex[:8]}"
     await pipe.bulk_clients(100, tag)
-    mailing = await pipe.mailing(text="Paused midway", tag=[tag], **running_now())
+    mailing: dict[str, Any] = await pipe.mailing(text=text, tag=[tag], **running_now())
     await sign_in(page, pipe)
     await open_mailing(page, pipe, mailing["id"])
     await eventually(
         lambda: pipe.statuses(mailing["id"]),
-        lambda counts: counts.get("sent", 0) >= 5,
+        lambda counts: counts.get("sent", 0) >= sent,
         timeout=60,
         what="some messages sent",
     )
+    return mailing
+
+
+async def test_pause_sends_nothing_until_resumed(
+    offline_page: Page, slow_pipeline: Pipeline
+) -> None:
+    page, pipe = offline_page, slow_pipeline
+    mailing = await underway(page, pipe, "Paused midway", sent=5)
     await page.get_by_role("button", name="Pause").click()
     await expect(page.locator("#mailing-state")).to_have_text("paused")
     # Requests in flight finish; then nothing is sending.
@@ -220,10 +223,11 @@ async def test_pause_sends_nothing_until_resumed(
     quiet_since = time.time()
     sent_then = (await pipe.statuses(mailing["id"])).get("sent", 0)
     assert sent_then < 100
-    # Three more refreshes of the page (every 2 s), paused all along.
+    # Three more refreshes of the page (every 2 s: about 6 s, more than expect's default
+    # 5 s), paused all along.
     refreshes = int(await page.locator("#mailing-progress").get_attribute("data-refreshes") or 0)
     await expect(page.locator("#mailing-progress")).to_have_attribute(
-        "data-refreshes", str(refreshes + 3)
+        "data-refreshes", str(refreshes + 3), timeout=20_000
     )
     await expect(page.locator("#mailing-state")).to_have_text("paused")
     resumed_at = time.time()
@@ -241,19 +245,8 @@ async def test_pause_sends_nothing_until_resumed(
 async def test_cancel_asks_first_and_keeps_the_history(
     offline_page: Page, slow_pipeline: Pipeline
 ) -> None:
-    """Needs POST .../cancel/ (issue 11, control)."""
     page, pipe = offline_page, slow_pipeline
-    tag = f"cancel-{uuid.uuid4().hex[:8]}"
-    await pipe.bulk_clients(100, tag)
-    mailing = await pipe.mailing(text="Cancelled midway", tag=[tag], **running_now())
-    await sign_in(page, pipe)
-    await open_mailing(page, pipe, mailing["id"])
-    await eventually(
-        lambda: pipe.statuses(mailing["id"]),
-        lambda counts: counts.get("sent", 0) >= 3,
-        timeout=60,
-        what="some messages sent",
-    )
+    mailing = await underway(page, pipe, "Cancelled midway", sent=3)
     asked: list[str] = []
     accept_dialogs(page, asked)
     await page.get_by_role("button", name="Cancel").click()
@@ -275,7 +268,6 @@ async def test_cancel_asks_first_and_keeps_the_history(
 
 
 async def test_replay_sends_a_failed_message_again(offline_page: Page, pipeline: Pipeline) -> None:
-    """Needs POST .../replay/ (issue 11, control)."""
     page, pipe = offline_page, pipeline
     tag = f"replay-{uuid.uuid4().hex[:8]}"
     await pipe.clients(2, tag=[tag])
@@ -393,7 +385,9 @@ async def test_screenshots_of_each_page(
 
     await open_mailing(page, pipe, done["id"])
     await expect(page.locator("#messages-table tbody tr")).not_to_have_count(0)
-    await expect(page.locator("#mailing-progress")).to_have_attribute("data-refreshes", "3")
+    await expect(page.locator("#mailing-progress")).to_have_attribute(
+        "data-refreshes", "3", timeout=20_000
+    )
     await page.screenshot(path=shots / "mailing.png", full_page=True)
 
     await page.goto(f"{base(pipe)}/console/mailings/new")
