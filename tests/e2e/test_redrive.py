@@ -60,7 +60,9 @@ def body(tag: str) -> dict[str, object]:
 async def test_queued_and_retrying_messages_with_no_command_are_redriven(
     infra: Infra, tmp_path: Path
 ) -> None:
-    env = {"REDRIVE_INTERVAL_S": "1", "REDRIVE_GRACE_S": "2", "RETRY_DELAYS_S": "6"}
+    # The retry delay leaves room to delete the retry commands before they come due
+    # (with 6 s, a busy machine sometimes deleted them after the dispatcher had them).
+    env = {"REDRIVE_INTERVAL_S": "1", "REDRIVE_GRACE_S": "2", "RETRY_DELAYS_S": "15"}
     pipe = Pipeline(infra, tmp_path, env=env, services=("api", "scheduler", "reporter"))
     await pipe.start()
     try:
