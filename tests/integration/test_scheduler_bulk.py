@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import and_, text
+from sqlalchemy.exc import IntegrityError
 
 from services.reporter.counters import Counters
 from services.reporter.handlers import parse
@@ -83,18 +84,28 @@ async def add_clients(
 ) -> dict[int, list[str]]:
     """`count` clients (UTC) with consecutive phones; client i gets `tags_of(i)`.
     Returns {client id: tags}."""
-    base = random.randrange(10**9, 10**10 - count)
     async with sessions() as session, session.begin():
-        ids = list(
-            await session.scalars(
-                text(
-                    "INSERT INTO client (phone) "
-                    "SELECT '7' || lpad((:base + g)::text, 10, '0') "
-                    "FROM generate_series(0, :n - 1) AS g ORDER BY g RETURNING id"
-                ),
-                {"base": base, "n": count},
-            )
-        )
+        # A run of consecutive phones no other test's client has: the shared database
+        # holds many random ones, so a range that meets one is drawn again.
+        for _attempt in range(10):
+            base = random.randrange(10**9, 10**10 - count)
+            try:
+                async with session.begin_nested():
+                    ids = list(
+                        await session.scalars(
+                            text(
+                                "INSERT INTO client (phone) "
+                                "SELECT '7' || lpad((:base + g)::text, 10, '0') "
+                                "FROM generate_series(0, :n - 1) AS g ORDER BY g RETURNING id"
+                            ),
+                            {"base": base, "n": count},
+                        )
+                    )
+                break
+            except IntegrityError:
+                continue
+        else:
+            raise AssertionError("no free run of consecutive phones in 10 draws")
         ids.sort()
         tags = {client: tags_of(i) for i, client in enumerate(ids)}
         for name in {t for names in tags.values() for t in names}:
