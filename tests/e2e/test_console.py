@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from playwright.async_api import Dialog, Page, expect
 
-from tests.support.pipeline import TOKEN, Pipeline
+from tests.support.pipeline import TOKEN, Pipeline, fmt, running_now
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:
@@ -33,19 +33,6 @@ if TYPE_CHECKING:
 
 # Ceiling for a mailing's messages to reach the sandbox on this machine (not a measure).
 FINISH_MS = 90_000
-
-
-def fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def running_now(**extra: Any) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    return {
-        "date_time_start": fmt(now - timedelta(minutes=1)),
-        "date_time_stop": fmt(now + timedelta(hours=1)),
-        **extra,
-    }
 
 
 @pytest.fixture

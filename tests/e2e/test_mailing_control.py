@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, running_now
 from tests.support.polling import eventually
 
 if TYPE_CHECKING:
@@ -30,19 +30,7 @@ AUDIENCE = 300
 IN_FLIGHT = {"queued", "sending", "retrying"}
 # Small claims at 20 requests a second: the mailing runs for about fifteen seconds.
 ENV = {"DISPATCHER_BATCH_SIZE": "5", "PROVIDER_RATE_LIMIT": "20"}
-
-
-def fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def running_now(**extra: Any) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    return {
-        "date_time_start": fmt(now - timedelta(minutes=1)),
-        "date_time_stop": fmt(now + timedelta(minutes=10)),
-        **extra,
-    }
+RUN_FOR = timedelta(minutes=10)
 
 
 @pytest.fixture
@@ -70,7 +58,7 @@ async def started_mailing(pipe: Pipeline, text: str) -> int:
     """A mailing to AUDIENCE clients, returned once part of it has been delivered."""
     tag = f"t{uuid.uuid4().hex[:6]}"
     await pipe.bulk_clients(AUDIENCE, tag)
-    mailing = await pipe.mailing(**running_now(text=text, tag=[tag]))
+    mailing = await pipe.mailing(**running_now(RUN_FOR, text=text, tag=[tag]))
     await eventually(
         lambda: delivered(pipe, mailing["id"]),
         lambda ids: len(ids) >= 20,
@@ -96,7 +84,7 @@ async def marker_delivered(pipe: Pipeline) -> None:
     """A one-client mailing sent from start to end: the pipeline kept working."""
     tag = f"m{uuid.uuid4().hex[:6]}"
     await pipe.clients(1, tag=[tag])
-    marker = await pipe.mailing(**running_now(text="marker", tag=[tag]))
+    marker = await pipe.mailing(**running_now(RUN_FOR, text="marker", tag=[tag]))
     assert await pipe.settled(marker["id"]) == {"sent": 1}
     assert len(await delivered(pipe, marker["id"])) == 1
 
@@ -162,7 +150,7 @@ async def test_cancel_turns_pending_messages_cancelled_and_sends_nothing_after(
 async def test_replay_delivers_failed_messages_once(pipeline: Pipeline) -> None:
     tag = f"t{uuid.uuid4().hex[:6]}"
     clients = await pipeline.clients(3, tag=[tag])
-    mailing = await pipeline.mailing(**running_now(text="Second chance", tag=[tag]))
+    mailing = await pipeline.mailing(**running_now(RUN_FOR, text="Second chance", tag=[tag]))
     ident = mailing["id"]
     assert await pipeline.settled(ident) == {"sent": 3}
     # As a permanent gateway error leaves them: failed, with their reason.

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -286,6 +286,16 @@ class Pipeline:
 def fmt(moment: datetime) -> str:
     """The log files' time format (UTC), for `make logs`-style comparisons."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def running_now(stop_in: timedelta = timedelta(hours=1), **extra: Any) -> dict[str, Any]:
+    """A mailing body's times: started a minute ago, stopping `stop_in` from now."""
+    now = datetime.now(UTC)
+    return {
+        "date_time_start": fmt(now - timedelta(minutes=1)),
+        "date_time_stop": fmt(now + stop_in),
+        **extra,
+    }
 
 
 def log_lines(pipe: Pipeline, service: str) -> list[dict[str, Any]]:
