@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from ruamel.yaml import YAML
 
 from tests.support.deploy import CI_FILE, COMPOSE_FILE, DEPLOY, dockerfile_instructions, load_yaml
 from tests.support.infra import REPO
@@ -111,9 +112,10 @@ def applies(requirement: Requirement, extra: str = "") -> bool:
 # -slim-bookworm or -dind, allowed), or an image digest.
 _EXACT_TAG = re.compile(r"v?\d+\.\d+\.\d+(?:[.+-][A-Za-z0-9._-]+)?")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}\Z")
-# Images of projects whose releases have two numbers: PostgreSQL since 10 (15.19 is a
-# release, 15 is every release of the major version).
-_TWO_NUMBER_RELEASES = {"postgres": re.compile(r"\d+\.\d+(?:-[A-Za-z0-9._-]+)?")}
+# Images of PostgreSQL, whose releases have two numbers since 10 (15.19 is a release,
+# 15 is every release of the major version): Docker's and CloudNativePG's.
+_TWO_NUMBERS = re.compile(r"\d+\.\d+(?:-[A-Za-z0-9._-]+)?")
+_TWO_NUMBER_RELEASES = {"postgres", "postgresql"}
 
 
 def pin_problem(reference: str) -> str | None:
@@ -124,8 +126,7 @@ def pin_problem(reference: str) -> str | None:
     if ":" not in last:
         return f"{reference}: no tag (the registry's `latest`)"
     image, tag = last.split(":", 1)
-    two_numbers = _TWO_NUMBER_RELEASES.get(image)
-    if two_numbers is not None and two_numbers.fullmatch(tag):
+    if image in _TWO_NUMBER_RELEASES and _TWO_NUMBERS.fullmatch(tag):
         return None
     if not _EXACT_TAG.fullmatch(tag):
         return f"{reference}: tag {tag!r} is not an exact version (major.minor.patch)"
@@ -186,10 +187,12 @@ def _chart_app_version(values: Path) -> str | None:
 
 
 def _helm_images(node: Any, app_version: str | None) -> list[str]:
+    """`image: ref`, `image: {repository, tag, digest}` (values) and `imageName: ref`
+    (CloudNativePG's Cluster), at any depth."""
     found: list[str] = []
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "image" and isinstance(value, str):
+            if key in ("image", "imageName") and isinstance(value, str):
                 found.append(value)
             elif key == "image" and isinstance(value, dict) and "repository" in value:
                 repository = str(value["repository"])
@@ -209,8 +212,14 @@ def _helm_images(node: Any, app_version: str | None) -> list[str]:
 
 
 def helm_images() -> list[str]:
-    """The images of the chart's values files (deploy/helm/**/values*.yaml), if any."""
+    """The images of deploy/helm's YAML files, if any: the chart's values, the example
+    values and resources (templates/ is Go templates, Chart.yaml names none)."""
     found: list[str] = []
-    for values in sorted(HELM.rglob("values*.yaml")) if HELM.exists() else []:
-        found += _helm_images(load_yaml(values), _chart_app_version(values))
+    files = sorted(HELM.rglob("*.yaml")) if HELM.exists() else []
+    for path in files:
+        if "templates" in path.relative_to(HELM).parts or path.name == "Chart.yaml":
+            continue
+        app_version = _chart_app_version(path)
+        for document in YAML(typ="safe", pure=True).load_all(path.read_text()):
+            found += _helm_images(document, app_version)
     return found
