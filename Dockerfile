@@ -4,7 +4,9 @@
 #   alembic upgrade head        (the migrations, once, before the services start)
 # Ports (the *_PORT settings): api 8000, scheduler 8001, dispatcher 8002, reporter 8003,
 # sandbox 8090 (sends) and 8091 (control). deploy/docker-compose.yml runs the whole stack.
-FROM python:3.11-slim
+# The exact Python and Debian release, as CI's image (.gitlab-ci.yml): a rebuild gets the
+# same interpreter, and a new one comes in by a change of this line.
+FROM python:3.11.16-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,19 +21,18 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml alone: this layer is rebuilt when the
-# dependencies change, not on every change of the code.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt 'setuptools>=68' \
-    && rm /tmp/requirements.txt
+# Dependencies first, from the runtime lock alone (`make lock`: every package at an exact
+# version, checked against its hashes; setuptools to build the project below): this layer
+# is rebuilt when the lock changes, not on every change of the code.
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN pip install --require-hashes -r /tmp/runtime.lock \
+    && rm /tmp/runtime.lock
 
 # Then the code, and the project itself (`pip install .`; nothing left to download).
 # alembic.ini stays in /app: `alembic upgrade head` runs from here. tools.web_assets
 # unpacks the AsyncAPI renderer of the /asyncapi pages into shared/static/asyncapi/
 # (the npm package's tarball, checked against its pinned sha512) before the install.
-COPY README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY shared ./shared
 COPY services ./services
 COPY tools ./tools

