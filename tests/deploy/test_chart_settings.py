@@ -170,3 +170,32 @@ def test_production_logs_in_to_kafka_with_sasl_over_tls(
     assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
     assert settings.kafka_sasl_username == "notifications"
     assert settings.kafka_sasl_password is not None
+
+
+def test_the_migrations_get_real_settings_they_accept(
+    chart: Rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (job,) = chart.of_kind("Job")
+    env = environment(job, chart)
+    assert set(env) <= {name.upper() for name in Settings.model_fields}
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, SECRET_STAND_INS.get(name, value))
+    settings = Settings(_env_file=None)
+    # shared/migrations/env.py reads the URL from the settings
+    assert settings.database_url.startswith("postgresql+psycopg://notifications:")
+    assert secret_refs(job)["DATABASE_URL"] == secret_refs(chart.deployment("api"))["DATABASE_URL"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_builds_its_app_from_the_rendered_settings_with_the_probed_routes(
+    production_chart: Rendered, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`create_app` runs the service's start-up checks (credentials outside development
+    mode) and mounts its routes; nothing connects until the lifespan starts."""
+    import importlib
+
+    settings = settings_for(service, production_chart, monkeypatch)
+    app = importlib.import_module(f"services.{service}.main").create_app(settings)
+    assert {"/health", "/ready", "/metrics"} <= set(app.openapi()["paths"])
