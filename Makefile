@@ -81,6 +81,7 @@ migrate: venv
 infra-fetch: venv
 	$(BIN)/python -m tools.infra fetch-kafka
 	$(BIN)/python -m tools.infra fetch-keycloak
+	$(BIN)/python -m tools.helm
 
 # The browser tests' Chromium: Debian's, installed with apt-get when missing (as root).
 # The `browser` fixture does the same on first use; this only does it ahead of time.
