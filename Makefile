@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast  the unit tests alone (tests/unit): no PostgreSQL, no Kafka, under a minute"
 	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
 	@echo "make lint       ruff lint + format check, import rules;  make fmt: apply ruff format and fixes"
+	@echo "make helm-check the Helm chart: helm lint, helm template, every object against its schema"
 	@echo "make migrate    alembic upgrade head on DATABASE_URL"
 	@echo "make report-now the running reporter sends the report now (TO=a@x,b@y: to them)"
 	@echo "make logs       MAILING=, MESSAGE=, CLIENT= (AND): their log lines in time order"
@@ -74,6 +75,14 @@ pytest: venv
 
 test: lint typecheck pytest
 
+# The Helm chart (deploy/helm/notifications) rendered and validated offline: helm lint,
+# helm template with the default and the production values, every object against the
+# Kubernetes API's schemas and the operators' CRDs (tests/deploy; `make test` runs them
+# too). Helm: on PATH, else built once from its Go module into the cache (tools/helm.py).
+.PHONY: helm-check
+helm-check: venv
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
+
 # The inner loop: tests/unit only (pure logic, the sandbox, CLIs); nothing to start.
 # `make test` runs these too, with tests/integration and tests/e2e.
 test-fast: venv
@@ -85,6 +94,7 @@ migrate: venv
 infra-fetch: venv
 	$(BIN)/python -m tools.infra fetch-kafka
 	$(BIN)/python -m tools.infra fetch-keycloak
+	$(BIN)/python -m tools.helm
 
 # The browser tests' Chromium: Debian's, installed with apt-get when missing (as root).
 # The `browser` fixture does the same on first use; this only does it ahead of time.

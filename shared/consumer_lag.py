@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.kafka import connection_options
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG
 from shared.periodic import repeat
@@ -296,7 +297,7 @@ class KafkaOffsets:
 
     def __init__(self, settings: Settings, client_id: str) -> None:
         common: dict[str, Any] = {
-            "bootstrap_servers": settings.kafka_bootstrap,
+            **connection_options(settings),
             "client_id": f"{settings.kafka_client_id}-{client_id}-lag",
             "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000),
         }

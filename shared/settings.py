@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -50,6 +51,17 @@ class Settings(BaseSettings):
     kafka_client_id: str = "notifications"
     kafka_enable_idempotence: bool = True
     kafka_request_timeout_s: PositiveFloat = 10.0
+    # How every Kafka client connects: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL.
+    # SASL logs in with KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD over KAFKA_SASL_MECHANISM;
+    # TLS trusts KAFKA_SSL_CAFILE (unset: the system's CAs) and presents a client
+    # certificate when KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE are set (mutual TLS).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     # Delays of the retry tiers; the last one repeats until the mailing's stop time.
     retry_delays_s: Annotated[list[PositiveFloat], NoDecode] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0]
@@ -295,6 +307,38 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
         return value
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_kafka_credential(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Self:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mutual TLS)")
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile)
+        if protocol not in ("SSL", "SASL_SSL") and any(tls_files):
+            raise ValueError(
+                f"KAFKA_SSL_* files given but KAFKA_SECURITY_PROTOCOL={protocol} does not use "
+                "TLS (SSL or SASL_SSL)"
+            )
+        return self
+
     @field_validator("report_timezone")
     @classmethod
     def _check_zone(cls, value: str) -> str:
@@ -474,7 +518,9 @@ def describe_errors(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
         variable = "_".join(str(part) for part in error["loc"]).upper() or "<settings>"
-        shown = "***" if _SECRET.search(variable) else repr(error.get("input"))
+        # A check of several variables (empty loc) gets every input: show none of them.
+        hidden = not error["loc"] or _SECRET.search(variable)
+        shown = "***" if hidden else repr(error.get("input"))
         lines.append(f"  {variable}: {error['msg']} (got {shown})")
     return "\n".join(lines)
 

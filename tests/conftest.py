@@ -2,7 +2,8 @@
 
 Each test is marked by its folder: `unit` (tests/unit: no PostgreSQL, no Kafka; `make
 test-fast`), `integration` (tests/integration: one component on the real PostgreSQL
-and/or Kafka), `e2e` (tests/e2e: the services as processes, the chaos soak).
+and/or Kafka), `e2e` (tests/e2e: the services as processes, the chaos soak), `deploy`
+(tests/deploy: the Helm chart rendered and validated offline; `make helm-check`).
 
 Session infrastructure: the real PostgreSQL and the real Kafka broker. `make test`
 starts both (tools/infra) and passes DATABASE_URL / KAFKA_BOOTSTRAP; a bare `pytest`
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.support.browser", "tests.support.keycloak"]
 
 TESTS = Path(__file__).resolve().parent
-KINDS = ("unit", "integration", "e2e")
+KINDS = ("unit", "integration", "e2e", "deploy")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from shared.db import create_engine, create_session_factory
 from shared.events import SendMessage
-from shared.kafka import create_broker, topics_from
+from shared.kafka import connection_options, create_broker, topics_from
 from shared.logging import configure_logging, get_logger
 from shared.models import Message
 from shared.outbox import OutboxRelay
@@ -51,7 +51,7 @@ async def replay(
     group = topics.group("dlq-replay") if not from_beginning else f"dlq-{uuid.uuid4().hex}"
     consumer = AIOKafkaConsumer(
         topics.message_send_dlq,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **connection_options(settings),
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
