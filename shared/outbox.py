@@ -103,6 +103,8 @@ class _Hold:
     failures: int
     # The topic did not exist at the last try: it is created again before the next.
     missing: bool = False
+    # Failed attempts to create it again (a warning for the first only).
+    recreate_failures: int = 0
 
 
 _HOLD_MIN_S = 1.0
@@ -232,7 +234,7 @@ class OutboxRelay:
             try:
                 created = await self.recreate_topics()
             except Exception as exc:
-                log.warning("outbox_topic_recreate_failed", topic=topic, error=repr(exc))
+                self._recreate_failed([topic], exc)
             else:
                 hold.missing = False
                 if created:
@@ -263,10 +265,21 @@ class OutboxRelay:
         except Exception as exc:
             for topic in due:
                 self._hold(topic, exc, 0)
-            log.warning("outbox_topic_recreate_failed", topics=due, error=repr(exc))
+            self._recreate_failed(due, exc)
             return
         for topic in due:
             self._held[topic].missing = False
+
+    def _recreate_failed(self, topics: list[str], error: BaseException) -> None:
+        """One warning per topic while it stays held (a long Kafka outage makes every
+        try fail), then DEBUG lines."""
+        first = [t for t in topics if self._held[t].recreate_failures == 0]
+        for topic in topics:
+            self._held[topic].recreate_failures += 1
+        if first:
+            log.warning("outbox_topic_recreate_failed", topics=first, error=repr(error))
+        if len(first) < len(topics):
+            log.debug("outbox_topic_recreate_failed", topics=topics, error=repr(error))
 
     def _topic_ok(self, topic: str, rows: int) -> None:
         hold = self._held.pop(topic, None)
