@@ -101,6 +101,10 @@ class _Hold:
     until: float
     delay: float
     failures: int
+    # The topic did not exist at the last try: it is created again before the next.
+    missing: bool = False
+    # Failed attempts to create it again (a warning for the first only).
+    recreate_failures: int = 0
 
 
 _HOLD_MIN_S = 1.0
@@ -158,6 +162,7 @@ class OutboxRelay:
             if not leader:
                 return 0
             loop = asyncio.get_running_loop()
+            await self._create_missing(loop.time())
             held = [t for t, hold in self._held.items() if hold.until > loop.time()]
             query = (
                 # The payload as PostgreSQL's JSON text: published as it is, with no
@@ -219,7 +224,24 @@ class OutboxRelay:
         await asyncio.gather(*pending)
 
     async def _topic_failed(self, topic: str, error: BaseException, rows: int) -> None:
-        loop = asyncio.get_running_loop()
+        hold = self._hold(topic, error, rows)
+        if self.recreate_topics is not None:
+            # The services create their topics at start; one deleted since is created
+            # again the same way, so its events (kept in the outbox) can go out. Asked
+            # whatever the error: a producer that still had the topic's partitions
+            # fails with a timeout of its retries, not "unknown topic".
+            hold.missing = True
+            try:
+                created = await self.recreate_topics()
+            except Exception as exc:
+                self._recreate_failed([topic], exc)
+            else:
+                hold.missing = False
+                if created:
+                    hold.until = 0.0  # try again at once
+
+    def _hold(self, topic: str, error: BaseException, rows: int) -> _Hold:
+        """Hold the topic back, for a pause that doubles with each failure in a row."""
         hold = self._held.get(topic)
         if hold is None:
             hold = self._held[topic] = _Hold(until=0.0, delay=_HOLD_MIN_S, failures=0)
@@ -227,17 +249,37 @@ class OutboxRelay:
         else:
             hold.delay = min(hold.delay * 2, _HOLD_MAX_S)
         hold.failures += 1
-        hold.until = loop.time() + hold.delay
-        if _missing(error) and self.recreate_topics is not None:
-            # The services create their topics at start; one deleted since is created
-            # again the same way, so its events (kept in the outbox) can go out.
-            try:
-                created = await self.recreate_topics()
-            except Exception as exc:
-                log.warning("outbox_topic_recreate_failed", topic=topic, error=repr(exc))
-            else:
-                if created:
-                    hold.until = 0.0  # try again at once
+        hold.until = asyncio.get_running_loop().time() + hold.delay
+        return hold
+
+    async def _create_missing(self, now: float) -> None:
+        """Before a topic found missing is tried again, create it again. A publish to
+        a topic that does not exist waits for Kafka's request timeout, and the batch's
+        rows of every other topic wait with it: while creating it fails, the topic
+        stays held back and no publish to it is attempted."""
+        due = [t for t, hold in self._held.items() if hold.missing and hold.until <= now]
+        if not due or self.recreate_topics is None:
+            return
+        try:
+            await self.recreate_topics()
+        except Exception as exc:
+            for topic in due:
+                self._hold(topic, exc, 0)
+            self._recreate_failed(due, exc)
+            return
+        for topic in due:
+            self._held[topic].missing = False
+
+    def _recreate_failed(self, topics: list[str], error: BaseException) -> None:
+        """One warning per topic while it stays held (a long Kafka outage makes every
+        try fail), then DEBUG lines."""
+        first = [t for t in topics if self._held[t].recreate_failures == 0]
+        for topic in topics:
+            self._held[topic].recreate_failures += 1
+        if first:
+            log.warning("outbox_topic_recreate_failed", topics=first, error=repr(error))
+        if len(first) < len(topics):
+            log.debug("outbox_topic_recreate_failed", topics=topics, error=repr(error))
 
     def _topic_ok(self, topic: str, rows: int) -> None:
         hold = self._held.pop(topic, None)

@@ -4,7 +4,8 @@ their own), so they are tested table by table without infrastructure.
 - `too_late`: the stop time and the client's window, checked right before a request;
 - `request_deadline`: a request starts only if its whole deadline ends before the stop
   time and at least `lease_margin_s` before the sending lease does; otherwise the
-  message is given back (`give_back`) without burning an attempt;
+  message is given back (`give_back`) without burning an attempt, as are the requests
+  not started yet when the dispatcher stops;
 - `decide`: the outcome of a gateway answer;
 - `retry`: the next retry tier, or `failed` once the attempts or age cap is reached, or
   `expired` when no retry can start before the stop time;
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 LEASE_SPENT = "lease nearly spent: not sent, given back"
+STOPPING = "dispatcher stopping: not sent, given back"
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ from sqlalchemy import text
 
 from services.dispatcher.decisions import (
     LEASE_SPENT,
+    STOPPING,
     Claimed,
     Decision,
     Rules,
@@ -226,6 +227,8 @@ class Delivery:
     breaker: CircuitBreaker
     limiter: RateLimiter
     on_commit: Callable[[], None] = lambda: None
+    # Set when the process stops: no request starts after it (see `_deliver`).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _zones: dict[str, ZoneInfo] = field(default_factory=dict)
     _slots: asyncio.Semaphore | None = None
     _rules: Rules | None = None
@@ -253,12 +256,15 @@ class Delivery:
         if not claimed:
             return 0
         given_back = 0
+        at_stop = 0
 
         async def one(message: Claimed, recorder: OutcomeRecorder[Outcomes]) -> None:
-            nonlocal given_back
+            nonlocal given_back, at_stop
             decision = await self.deliver(message, recorder.room)
             if decision.error == LEASE_SPENT:
                 given_back += 1
+            elif decision.error == STOPPING:
+                at_stop += 1
             recorder.add((message, decision))
 
         async with OutcomeRecorder[Outcomes](self.record, describe=_ids) as recorder:
@@ -270,6 +276,12 @@ class Delivery:
                 count=given_back,
                 reason="lease nearly spent: the batch waited too long to send them",
                 hint="lower DISPATCHER_BATCH_SIZE or raise PROVIDER_CONCURRENCY or SENDING_LEASE_S",
+            )
+        if at_stop:
+            log.info(
+                "requests_given_back_at_stop",
+                count=at_stop,
+                reason="the dispatcher is stopping: not sent, back to their retry tier",
             )
         return len(claimed)
 
@@ -383,7 +395,12 @@ class Delivery:
         async with self.slots:
             if room is not None:
                 await room()
-            await self.limiter.acquire()
+            # Stopping (SIGTERM): the rest of the batch is given back unsent rather than
+            # wait for the rate limit past the shutdown grace and be cut off in
+            # `sending`, which the lease recovery cannot tell from a request made (with
+            # PROVIDER_DEDUPLICATES=false it would fail them as unknown outcomes).
+            if not await self.limiter.acquire(self.stopping) or self.stopping.is_set():
+                return give_back(message, datetime.now(UTC), STOPPING)
             now = datetime.now(UTC)
             if (late := too_late(message, now)) is not None:
                 return late

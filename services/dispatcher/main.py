@@ -53,6 +53,8 @@ def wire(runtime: Runtime) -> Start:
         breaker=breaker,
         limiter=RateLimiter(settings.provider_rate_limit),
         on_commit=relay.wake,
+        # Set as the service starts stopping, before its consumers get their grace.
+        stopping=runtime.consumers.stopping,
     )
     subscribe(runtime, delivery, breaker)
 

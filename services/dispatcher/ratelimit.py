@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 
@@ -13,11 +14,15 @@ class RateLimiter:
         self.updated = time.monotonic()
         self.lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait for a token and take it; False, with none taken, once `stop` is set
+        (callers queued behind each other then all return at once)."""
         if self.rate <= 0:
-            return
+            return True
         async with self.lock:
             while True:
+                if stop is not None and stop.is_set():
+                    return False
                 now = time.monotonic()
                 self.tokens = min(
                     max(self.rate, 1.0), self.tokens + (now - self.updated) * self.rate
@@ -25,8 +30,14 @@ class RateLimiter:
                 self.updated = now
                 if self.tokens >= 1:
                     self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
+                    return True
+                wait = (1 - self.tokens) / self.rate
+                if stop is None:
+                    await asyncio.sleep(wait)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
 
     def hold(self, seconds: float) -> None:
         """The gateway asked us to slow down (429 Retry-After): spend the next tokens."""

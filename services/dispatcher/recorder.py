@@ -17,7 +17,10 @@ requests in flight, plus about two groups) and no request starts while PostgreSQ
 down and outcomes pile up.
 
 Leaving the `async with` block waits until every outcome added is written (or given
-up), so a caller commits its Kafka offsets only after its outcomes are committed.
+up), so a caller commits its Kafka offsets only after its outcomes are committed. Left
+by an exception (the process stopping while PostgreSQL is still unreachable), the
+outcomes not written are named in one `outcomes_not_recorded` error: the lease
+recovery decides those messages.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class OutcomeRecorder(Generic[T]):
         self.pending: list[T] = []
         self.written = 0
         self.dropped = 0
+        self.abandoned = 0  # not written: the block was left by an exception
         self._more = asyncio.Event()
         self._full = asyncio.Event()
         self._roomy = asyncio.Event()
@@ -105,6 +109,17 @@ class OutcomeRecorder(Generic[T]):
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._report_held(0)
+        if self.pending:
+            self.abandoned = len(self.pending)
+            log.error(
+                "outcomes_not_recorded",
+                count=self.abandoned,
+                reason=f"stopped before they could be written ({exc_type.__name__})",
+                hint="the requests were made; the lease recovery re-sends these messages "
+                "with the same id, or fails them as unknown outcomes "
+                "(PROVIDER_DEDUPLICATES=false)",
+                outcomes=[self.describe(item) for item in self.pending[:50]],
+            )
 
     def _report_held(self, count: int) -> None:
         OUTCOMES_HELD.inc(count - self._held)

@@ -283,3 +283,47 @@ async def test_a_wrong_gateway_url_holds_messages_until_it_is_fixed(
     assert counts == {"sent": 20}
     assert summary["unique_accepted"] == 20
     assert summary["duplicates"] == [], why_twice(pipe, summary["duplicates"])
+
+
+async def test_a_dispatcher_stopped_mid_batch_leaves_no_unknown_outcome(
+    infra: Infra, tmp_path: Path
+) -> None:
+    # A batch of 200 at 20 requests a second lasts 10 s; SIGTERM lands a second into it
+    # and the process has 3 s to stop. With a gateway that does not de-duplicate, a
+    # message left in `sending` becomes `failed` ("unknown outcome") at the lease
+    # recovery; so the requests not started are given back at the stop, unsent.
+    env = {
+        "PROVIDER_DEDUPLICATES": "false",
+        "PROVIDER_RATE_LIMIT": "20",
+        "DISPATCHER_BATCH_SIZE": "200",
+        "PROVIDER_TIMEOUT_S": "3",
+        "SENDING_LEASE_S": "15",
+        "SHUTDOWN_GRACE_S": "3",
+    }
+    pipe = Pipeline(infra, tmp_path, env=env)
+    await pipe.start()
+    try:
+        tag = f"s{uuid.uuid4().hex[:6]}"
+        await pipe.bulk_clients(200, tag)
+        mailing = await pipe.mailing(**body(tag, timedelta(minutes=10)))
+        await eventually(
+            pipe.control.summary,
+            lambda s: s["accepted"] >= 10,
+            timeout=60,
+            interval=0.05,
+            what="the batch under way",
+        )
+        stopping = pipe.processes["dispatcher"]
+        stopping.terminate()
+        await asyncio.to_thread(stopping.wait, 60)
+        pipe.launch("dispatcher")
+        await pipe.wait_ready("dispatcher")
+        counts = await pipe.settled(mailing["id"], timeout=180)
+        summary = await pipe.control.summary()
+        given_back = log_events(pipe, "requests_given_back_at_stop")
+    finally:
+        await pipe.stop()
+    assert summary["duplicates"] == [], why_twice(pipe, summary["duplicates"])
+    assert counts == {"sent": 200}
+    assert summary["unique_accepted"] == 200
+    assert given_back, "the stop did not land mid-batch: the test proves nothing"

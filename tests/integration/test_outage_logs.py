@@ -1,9 +1,10 @@
 """A Kafka outage costs a few log lines, not thousands.
 
-A real dispatcher process (consumers on every send tier, the outbox relay, the lag
-watcher) runs on its own Kafka broker; the broker is stopped for about 15 s while the
-outbox has events to publish, then started again on the same port with the same data.
-The WARNING/ERROR lines the process wrote from the stop until it is ready again are
+Every service runs as its own process (the api, the scheduler, the dispatcher with
+consumers on every send tier, the reporter; each with its outbox relay and lag watcher)
+on a Kafka broker of their own; the broker is stopped for about 15 s while the outbox
+has events to publish, then started again on the same port with the same data. The
+WARNING/ERROR lines each process wrote from the stop until it is ready again are
 counted: a state change per component (lost, back with counts), not one per failed
 attempt.
 """
@@ -60,48 +61,60 @@ async def _ready(port: int) -> int:
         return (await client.get(f"http://127.0.0.1:{port}/ready")).status_code
 
 
+SERVICES = ("api", "scheduler", "dispatcher", "reporter")
+
+
 async def test_a_kafka_outage_costs_a_few_log_lines(
     infra: Infra, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     kafka = KafkaServer(tmp_path / "kafka")
     await asyncio.to_thread(kafka.start)
-    port = free_port()
-    log_file = tmp_path / "dispatcher.log"
     prefix = f"t{uuid.uuid4().hex[:10]}."
+    ports = {service: free_port() for service in SERVICES}
+    logs = {service: tmp_path / f"{service}.log" for service in SERVICES}
     env = {
         **os.environ,
         "DATABASE_URL": infra.database_url,
         "KAFKA_BOOTSTRAP": kafka.bootstrap,
         "KAFKA_TOPIC_PREFIX": prefix,
         "KAFKA_PARTITIONS": "3",
-        "DISPATCHER_PORT": str(port),
-        "LOG_FILE": str(log_file),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "READY_TIMEOUT_S": "2",
         "CONSUMER_LAG_INTERVAL_S": "1",
+        "DEV_MODE": "true",
+        "API_TOKENS": "outage-token",
+        **{f"{service.upper()}_PORT": str(port) for service, port in ports.items()},
     }
-    process = subprocess.Popen(  # noqa: ASYNC220 (a child process for the test, not I/O)
-        [sys.executable, "-m", "services.dispatcher"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    topics = Topics(prefix=prefix, retry_tiers=4)
-    try:
-        await eventually(lambda: _ready(port), lambda code: code == 200, timeout=90, what="ready")
-        # The client's start-up complaints (no group coordinator yet) have settled.
-        await eventually(
-            lambda: asyncio.sleep(0, _events(log_file)),
-            lambda seen: seen["kafka_connection_lost"] == seen["kafka_connection_restored"],
-            timeout=60,
-            what="a settled Kafka client",
+    processes = {
+        service: subprocess.Popen(  # noqa: ASYNC220 (a child process for the test, not I/O)
+            [sys.executable, "-m", f"services.{service}"],
+            cwd=REPO,
+            env={**env, "LOG_FILE": str(logs[service])},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        before = len(_lines(log_file))
+        for service in SERVICES
+    }
+    topics = Topics(prefix=prefix, retry_tiers=4)
+
+    async def all_ready() -> list[int]:
+        return [await _ready(port) for port in ports.values()]
+
+    def settled() -> bool:
+        # The clients' start-up complaints (no group coordinator yet) have settled.
+        seen = [_events(path) for path in logs.values()]
+        return all(s["kafka_connection_lost"] == s["kafka_connection_restored"] for s in seen)
+
+    try:
+        await eventually(all_ready, lambda codes: codes == [200] * 4, timeout=120, what="ready")
+        await eventually(
+            lambda: asyncio.sleep(0, settled()), bool, timeout=60, what="settled Kafka clients"
+        )
+        before = {service: len(_lines(path)) for service, path in logs.items()}
 
         await asyncio.to_thread(kafka.stop)
-        # Events to publish while the broker is away: the relay keeps trying.
+        # Events to publish while the broker is away: the relays keep trying.
         async with sessions() as session, session.begin():
             await add_events(
                 session,
@@ -115,28 +128,48 @@ async def test_a_kafka_outage_costs_a_few_log_lines(
         await asyncio.to_thread(kafka.start)
 
         await eventually(
-            lambda: _ready(port), lambda code: code == 200, timeout=120, what="ready again"
+            all_ready, lambda codes: codes == [200] * 4, timeout=120, what="ready again"
         )
+        dispatcher_log = logs["dispatcher"]
         await eventually(
-            lambda: asyncio.sleep(0, _events(log_file, after=before)["kafka_connection_restored"]),
+            lambda: asyncio.sleep(
+                0, _events(dispatcher_log, after=before["dispatcher"])["kafka_connection_restored"]
+            ),
             lambda count: count > 0,
             timeout=120,
-            what="the recovery line",
+            what="the dispatcher's recovery line",
         )
-        assert process.poll() is None
+        await eventually(
+            lambda: asyncio.sleep(0, settled()), bool, timeout=120, what="every recovery line"
+        )
+        exited = {service: p.poll() for service, p in processes.items() if p.poll() is not None}
+        assert not exited, exited
     finally:
-        if process.poll() is None:
-            process.terminate()
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
             await asyncio.to_thread(process.wait, 60)
         await asyncio.to_thread(kafka.stop)
 
-    during = _lines(log_file)[before:]
-    loud = [line for line in during if line.get("level") in {"warning", "error", "critical"}]
-    by_event = Counter(f"{line.get('level')} {line.get('event')}"[:100] for line in loud)
-    print(f"outage of {OUTAGE_S:.0f} s: {len(loud)} WARNING/ERROR lines", dict(by_event))
+    for service, path in logs.items():
+        during = _lines(path)[before[service] :]
+        loud = [line for line in during if line.get("level") in {"warning", "error", "critical"}]
+        by_event = Counter(f"{line.get('level')} {line.get('event')}"[:100] for line in loud)
+        print(
+            f"{service}: outage of {OUTAGE_S:.0f} s: {len(loud)} WARNING/ERROR lines",
+            dict(by_event),
+        )
+        assert len(loud) < MOST_LINES, (service, by_event.most_common(10))
+        lost = by_event["warning kafka_connection_lost"]
+        restored = [line for line in during if line.get("event") == "kafka_connection_restored"]
+        assert len(restored) == lost, (service, by_event)
+    # The dispatcher's consumers lose the broker: one line when it goes, one when back.
+    during = _lines(dispatcher_log)[before["dispatcher"] :]
     restored = [line for line in during if line.get("event") == "kafka_connection_restored"]
-    assert len(loud) < MOST_LINES, by_event.most_common(10)
-    assert by_event["warning kafka_connection_lost"] == 1
+    assert [line["event"] for line in during if line.get("event") == "kafka_connection_lost"] == [
+        "kafka_connection_lost"
+    ]
     assert len(restored) == 1
     assert restored[0]["down_s"] > 0
     assert restored[0]["suppressed"] > 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from sqlalchemy import func, select
 
 from shared.events import ClientCreated, ClientData, MailingDeleted, MailingRef
@@ -162,3 +164,67 @@ async def test_the_relay_creates_a_deleted_topic_again(
     async with _admin(settings) as admin:
         described = await admin.describe_topics([topics.mailing_events])
     assert len(described[0]["partitions"]) == settings.kafka_partitions
+
+
+async def test_a_deleted_topic_that_cannot_be_created_again_holds_back_no_other_topic(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Each publish to a topic that does not exist waits for Kafka's request timeout
+    while the batch's rows of every topic wait with it. So once a topic is found
+    missing, the relay publishes to it again only after creating it again succeeded:
+    while that fails (a broker that refuses to create topics), the topic's events wait
+    in the outbox, no further publish to it is attempted, and the others go out."""
+    topics = topics_from(settings)
+    await ensure_topics(settings)
+
+    async def refuse() -> Sequence[str]:
+        raise KafkaError("CreateTopics refused")
+
+    async with _relay_running(settings, sessions, recreate=refuse) as relay:
+        attempts: Counter[str] = Counter()
+        publish = relay.broker.publish
+
+        async def counting(message: Any, topic: str = "", *args: Any, **kwargs: Any) -> Any:
+            attempts[topic] += 1
+            return await publish(message, topic, *args, **kwargs)
+
+        relay.broker.publish = counting  # type: ignore[method-assign]
+        async with sessions() as session, session.begin():
+            await add_events(session, topics.mailing_events, _mailings(1, 1))  # type: ignore[arg-type]
+        await read_topic(settings.kafka_bootstrap, topics.mailing_events, expect=1)
+        await _delete_topic(settings, topics.mailing_events)
+        async with sessions() as session, session.begin():
+            await add_events(session, topics.mailing_events, _mailings(2, 3))  # type: ignore[arg-type]
+
+        # The relay finds the topic missing, then tries again and again, with a growing
+        # pause, to create it; the other topic's events go out meanwhile.
+        def failures() -> int:
+            hold = relay._held.get(topics.mailing_events)
+            return hold.failures if hold is not None else 0
+
+        for round_ in range(4):
+            async with sessions() as session, session.begin():
+                await add_events(
+                    session,
+                    topics.client_events,
+                    _clients(10 * round_ + 1, 10),  # type: ignore[arg-type]
+                )
+            await eventually(
+                lambda: _unpublished(sessions, topics.client_events),
+                lambda n: n == 0,
+                timeout=90,
+                what="the other topic's events published",
+            )
+        await eventually(
+            lambda: asyncio.sleep(0, failures()),
+            lambda n: n >= 4,
+            timeout=180,
+            what="several tries of the missing topic",
+        )
+        unpublished = await _unpublished(sessions, topics.mailing_events)
+    # The first event, then the one try that found the topic missing (a publish call
+    # for at most each of its three events), and no more.
+    assert attempts[topics.mailing_events] <= 1 + 3, attempts
+    assert unpublished == 3
+    clients = await read_topic(settings.kafka_bootstrap, topics.client_events, expect=40)
+    assert sorted(value["payload"]["id"] for _, value in clients) == list(range(1, 41))

@@ -321,3 +321,23 @@ async def test_no_request_starts_while_a_full_group_waits_to_be_written() -> Non
         gate.set()
         await asyncio.wait_for(waiting, 5)
     assert written == [[1, 2]]
+
+
+async def test_outcomes_still_held_when_the_block_is_left_by_an_exception_are_counted() -> None:
+    store = FlakyStore(down=10**6)  # PostgreSQL never comes back
+    recorder = OutcomeRecorder[int](
+        store.write, flush_s=0.001, backoff_max_s=0.01, describe=lambda n: {"message_id": n}
+    )
+
+    async def stop_while_held() -> None:
+        async with recorder:
+            for item in range(3):
+                recorder.add(item)
+            await asyncio.sleep(0.05)  # the writes fail meanwhile
+            raise RuntimeError("the process stops")
+
+    with pytest.raises(RuntimeError):
+        await stop_while_held()
+    assert store.groups == []
+    assert recorder.abandoned == 3
+    assert recorder.written == 0

@@ -1,18 +1,27 @@
-"""The dispatcher's pure parts: classifying gateway answers, the circuit breaker, and
-which send commands wait in Kafka."""
+"""The dispatcher's pure parts: classifying gateway answers, the circuit breaker,
+which send commands wait in Kafka, and what a stop does to the requests not started."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from services.dispatcher.breaker import CircuitBreaker, State
-from services.dispatcher.gateway import MAX_RETRY_AFTER_S, Outcome, _seconds, classify
+from services.dispatcher.decisions import STOPPING, Claimed
+from services.dispatcher.delivery import Delivery
+from services.dispatcher.gateway import MAX_RETRY_AFTER_S, Outcome, Result, _seconds, classify
 from services.dispatcher.handlers import split_ready
+from services.dispatcher.ratelimit import RateLimiter
 from shared.events import SendData, SendMessage
+from shared.kafka import topics_from
+from shared.models import MessageStatus
+from shared.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -186,3 +195,75 @@ async def test_a_refused_connection_is_retryable_and_not_ambiguous(client: str) 
     assert result.ambiguous is False
     assert result.error is not None
     assert result.error.startswith("connection failed")
+
+
+# --- stopping ------------------------------------------------------------------------
+
+
+async def test_a_stop_ends_the_wait_for_the_rate_limit_without_a_token() -> None:
+    limiter = RateLimiter(0.001)  # one token now, the next in 1,000 s
+    stop = asyncio.Event()
+    assert await limiter.acquire(stop)
+    waiting = [asyncio.create_task(limiter.acquire(stop)) for _ in range(3)]
+    await asyncio.sleep(0)
+    stop.set()
+    # Every caller queued for the next token returns, none with a token.
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 30) == [False, False, False]
+
+
+class CountingGateway:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def send(self, message_id: int, phone: str, text: str, deadline_s: float) -> Result:
+        self.sent.append(message_id)
+        return Result(Outcome.OK, 200)
+
+    async def close(self) -> None:
+        return None
+
+
+def _claimed(message_id: int) -> Claimed:
+    return Claimed(
+        message_id=message_id,
+        mailing_id=1,
+        client_id=message_id,
+        attempt=1,
+        previous="queued",
+        text="hello",
+        stop_at=datetime.now(UTC) + timedelta(hours=1),
+        window=None,
+        phone="79001234567",
+        zone=ZoneInfo("UTC"),
+        tier=0,
+        lease_ends=time.monotonic() + 60,
+    )
+
+
+async def test_once_the_dispatcher_stops_no_request_starts_and_the_rest_are_given_back() -> None:
+    """Requests not started when the process stops go back to their retry tier, unsent
+    and not counted, instead of staying in `sending` until the lease recovery (which,
+    for a gateway that does not de-duplicate, would fail them as unknown outcomes)."""
+    settings = load_settings(provider_rate_limit=0.001, log_file=None)
+    gateway = CountingGateway()
+    delivery = Delivery(
+        sessions=cast("Any", None),
+        topics=topics_from(settings),
+        settings=settings,
+        gateway=gateway,
+        breaker=CircuitBreaker(5, 1, 1),
+        limiter=RateLimiter(settings.provider_rate_limit),
+    )
+    first = await delivery.deliver(_claimed(1))  # the one token of the rate limit
+    waiting = [asyncio.create_task(delivery.deliver(_claimed(n))) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    delivery.stopping.set()
+    rest = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    after = await delivery.deliver(_claimed(5))
+    assert first.status == MessageStatus.SENT
+    assert gateway.sent == [1]
+    for decision in [*rest, after]:
+        assert decision.status == MessageStatus.RETRYING
+        assert decision.error == STOPPING
+        assert decision.tier == 1
+        assert decision.failures == 0
