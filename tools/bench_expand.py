@@ -6,8 +6,8 @@ Starts a PostgreSQL server of its own (PostgreSQL's durable defaults: fsync,
 synchronous_commit and full_page_writes on, as a deployment runs; `--fast-postgres`:
 all three off, as the tests run it), migrates a database in it and loads N clients
 straight into it (set-based SQL, triggers off: four time zones, every client tagged
-`bench`). Then, `--mailings` times in a row, it creates a mailing for the tag whose start has come and
-runs the scheduler's own activation on it, in this process
+`bench`). Then, `--mailings` times in a row, it creates a mailing for the tag whose
+start has come and runs the scheduler's own activation on it, in this process
 (`Scheduler.activate_due_mailings`, which the scheduler's loop calls): the mailings
 after the first expand with the earlier mailings' messages already in the table, as
 a deployment does.
