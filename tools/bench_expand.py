@@ -13,8 +13,10 @@ after the first expand with the earlier mailings' messages already in the table,
 a deployment does.
 
 For each mailing it prints the seconds from the call to the mailing being `running`
-with all its messages, the messages made, and the PostgreSQL WAL written (bytes per
-message): a figure the machine's other load does not move. Asserts nothing. Needs no
+with all its messages, the messages made, the CPU seconds the PostgreSQL server's
+processes and this process spent meanwhile (steadier than the seconds on a busy
+machine), and the PostgreSQL WAL written (bytes per message): a figure the machine's
+other load does not move. Asserts nothing. Needs no
 Kafka (nothing is published; the outbox rows stay in the database).
 """
 
@@ -27,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 from sqlalchemy.engine import make_url
 
@@ -95,6 +98,23 @@ def wal_lsn(conninfo: str) -> int:
     return int(row[0])
 
 
+def server_cpu(conninfo: str) -> dict[int, float]:
+    """CPU seconds (user + system) of every process of the PostgreSQL server, by pid."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    postmaster = psutil.Process(int(row[0])).parent()
+    assert postmaster is not None
+    found: dict[int, float] = {}
+    for process in [postmaster, *postmaster.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found[process.pid] = times.user + times.system
+    return found
+
+
 def outcome(conninfo: str, mailing_id: int) -> tuple[str, dict[str, int]]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         state = conn.execute("SELECT state FROM mailing WHERE id = %s", (mailing_id,)).fetchone()
@@ -122,16 +142,23 @@ async def expand(database_url: str, conninfo: str, mailings: int) -> list[float]
         for _ in range(mailings):
             mailing_id = create_mailing(conninfo)
             wal = wal_lsn(conninfo)
+            cpu_before, own_before = server_cpu(conninfo), time.process_time()
             started = time.perf_counter()
             await scheduler.activate_due_mailings()
             took = time.perf_counter() - started
+            own = time.process_time() - own_before
+            cpu = sum(
+                seconds - cpu_before.get(pid, 0.0)
+                for pid, seconds in server_cpu(conninfo).items()
+            )
             wal = wal_lsn(conninfo) - wal
             state, counts = outcome(conninfo, mailing_id)
             made = sum(counts.values())
             seconds.append(took)
             print(
                 f"mailing {mailing_id}: expanded in {took:.2f} s, {state}, "
-                f"messages {counts}; WAL {wal / 1e6:.0f} MB "
+                f"messages {counts}; CPU: PostgreSQL {cpu:.2f} s, scheduler {own:.2f} s; "
+                f"WAL {wal / 1e6:.0f} MB "
                 f"({wal / max(made, 1):.0f} bytes per message)",
                 flush=True,
             )
