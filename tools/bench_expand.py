@@ -148,8 +148,7 @@ async def expand(database_url: str, conninfo: str, mailings: int) -> list[float]
             took = time.perf_counter() - started
             own = time.process_time() - own_before
             cpu = sum(
-                seconds - cpu_before.get(pid, 0.0)
-                for pid, seconds in server_cpu(conninfo).items()
+                seconds - cpu_before.get(pid, 0.0) for pid, seconds in server_cpu(conninfo).items()
             )
             wal = wal_lsn(conninfo) - wal
             state, counts = outcome(conninfo, mailing_id)
