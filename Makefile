@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # The browser tests use Debian's Chromium (tools/chromium.py), never Playwright's download.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-preview bench-import screenshots replay-dlq bench report-now logs chaos api-key bench-auth
+.PHONY: help venv dev test test-fast lint fmt typecheck pytest migrate infra-fetch chromium clean bench-api bench-gateway bench-bulk bench-expand bench-preview bench-import screenshots replay-dlq bench report-now logs chaos api-key bench-auth
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
@@ -120,6 +120,11 @@ bench-preview: venv
 BULK ?= 1000000
 bench-bulk: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_bulk --messages $(BULK)
+
+# The scheduler's audience expansion of mailings of BULK clients (default 1000000), on a
+# durable PostgreSQL of its own (BENCH_PG=fast: fsync etc. off).
+bench-expand: venv
+	$(BIN)/python -m tools.bench_expand --clients $(BULK) $(if $(filter fast,$(BENCH_PG)),--fast-postgres)
 
 # Bulk import of clients (POST /api/v1/clients/import/): time and the API's peak RSS for
 # a CSV of N/10 and of N rows (N as for `make bench`, default 100000; the target is

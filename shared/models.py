@@ -253,8 +253,12 @@ class Message(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    mailing_id: Mapped[int] = mapped_column(ForeignKey("mailing.id", ondelete="CASCADE"))
-    client_id: Mapped[int] = mapped_column(ForeignKey("client.id"))
+    # References kept per statement, not by foreign keys (checked per inserted row):
+    # deleting a mailing deletes its messages, a client with messages cannot be deleted
+    # (triggers, migration 0008); the scheduler inserts messages from existing clients
+    # under a key-share lock on their mailing row.
+    mailing_id: Mapped[int] = mapped_column(BigInteger)
+    client_id: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), server_default=MessageStatus.SCHEDULED.value)
     due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A `retrying` message: when its retry command becomes due (the re-drive reads it).

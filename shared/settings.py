@@ -138,7 +138,16 @@ class Settings(BaseSettings):
     # --- scheduling and dispatch ----------------------------------------------------
     scheduler_poll_interval_s: PositiveFloat = 0.2
     scheduler_batch_size: PositiveInt = 2000
+    # Audience expansion inserts clients in id ranges: the first this wide, each next
+    # one twice as wide, up to `expansion_batch_size`; every range's messages are fired
+    # as soon as it commits, while the rest is expanded.
+    expansion_first_batch_size: PositiveInt = 2000
     expansion_batch_size: PositiveInt = 50_000
+    # Firing stops while this many messages are `queued` (commands published, not yet
+    # taken by a dispatcher) and resumes as the dispatchers drain them: the scheduler
+    # fires at the dispatchers' pace instead of queueing a whole mailing at once.
+    # 0: no limit.
+    scheduler_max_queued: int = Field(default=10_000, ge=0)
     # A request starts only if its deadline ends at least this long before its lease.
     sending_lease_margin_s: PositiveFloat = 1.0
     # Expiry at stop time and the re-plan of an edit change a mailing's messages in

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -56,6 +56,28 @@ def _plan(names: list[str], dues: list[datetime | None]) -> Any:
         func.unnest(bindparam("zones", names, type_=ARRAY(Client.timezone.type))).label("zone"),
         func.unnest(bindparam("dues", dues, type_=ARRAY(TIMESTAMP(timezone=True)))).label("due"),
     ).subquery("plan")
+
+
+@dataclass
+class Plans:
+    """Due times by time zone for one mailing version at one moment, computed per zone
+    as batches of clients meet it: no pass over the whole audience before the first
+    batch, and one `due_time` call per zone for the whole mailing."""
+
+    mailing: Mailing
+    now: datetime
+    dues: dict[str, datetime | None] = field(default_factory=dict)
+
+    async def plan(self, session: AsyncSession, match: ColumnElement[bool]) -> Any:
+        """The (zone, due) rows for the zones of the clients meeting `match` (a batch's
+        condition); None when no client does."""
+        zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
+        if not zones:
+            return None
+        new = [name for name in zones if name not in self.dues]
+        if new:
+            self.dues.update(zip(*due_by_zone(self.mailing, new, self.now), strict=True))
+        return _plan(zones, [self.dues[name] for name in zones])
 
 
 @dataclass
@@ -106,9 +128,7 @@ async def converge(
     from the new row."""
     done = Converged()
     audience = await resolve_audience(session, mailing.filter_tags, mailing.filter_codes)
-    match = audience.condition()
-    zones = list(await session.scalars(select(Client.timezone).where(match).distinct()))
-    plan = _plan(*due_by_zone(mailing, zones, now)) if zones else None
+    plans = Plans(mailing, now)
     low, high, _ = (
         await session.execute(
             # With the count, from the (mailing, status) index: not a walk of the
@@ -154,6 +174,7 @@ async def converge(
             mailing_version=mailing.version,
         )
         done.cancelled += total(changes)
+        plan = await plans.plan(session, of_range)
         if plan is not None:
             replanned = await _replan(session, mailing, of_range, plan, in_range)
             done.replanned += total(replanned)
@@ -162,16 +183,19 @@ async def converge(
         await session.commit()
         if staged:
             work.on_commit()
-    if plan is not None:
-        added = await _expand(work, session, mailing, audience, plan)
-        done.added += added.added
-        done.superseded = added.superseded
+    added = await _expand(work, session, mailing, audience, plans)
+    done.added += added.added
+    done.superseded = added.superseded
     return done
 
 
 async def _current(session: AsyncSession, mailing: Mailing) -> bool:
-    """Whether the mailing row still has the version being worked on."""
-    version = await session.scalar(select(Mailing.version).where(Mailing.id == mailing.id))
+    """Whether the mailing row still has the version being worked on; a key-share lock
+    on the row until the step commits, so the row is not deleted while the step writes
+    messages naming it (a deletion waits, then deletes them with it: migration 0008)."""
+    version = await session.scalar(
+        select(Mailing.version).where(Mailing.id == mailing.id).with_for_update(key_share=True)
+    )
     return version == mailing.version
 
 
@@ -234,60 +258,33 @@ async def _replan(
 
 
 async def _expand(
-    work: Work, session: AsyncSession, mailing: Mailing, audience: Audience, plan: Any
+    work: Work, session: AsyncSession, mailing: Mailing, audience: Audience, plans: Plans
 ) -> Converged:
     """Insert one message per matching client without one, in client-id batches,
-    committing each (with its `messages.created` event); stops when the mailing
-    changes meanwhile."""
+    committing each (with its `messages.created` event) and waking the loop to fire
+    what it made; stops when the mailing changes meanwhile.
+
+    The first batch is small and each next one twice as wide, up to
+    `expansion_batch_size` client ids: the first messages are due within moments of
+    the start, the rest in few statements. A batch whose client range holds none of
+    the mailing's messages yet (a first activation) is a plain `INSERT ... SELECT`:
+    no other writer adds this mailing's messages (its advisory lock is held), and
+    `ON CONFLICT` would cost a pre-check and a WAL record more per row. Any other
+    (a resumed or edited activation) skips the clients that have one."""
     done = Converged()
-    bounds = (
-        await session.execute(
-            select(func.min(Client.id), func.max(Client.id)).where(audience.condition())
-        )
-    ).one()
-    low, high = bounds
+    low, high = (await session.execute(select(func.min(Client.id), func.max(Client.id)))).one()
     if low is None:
         return done
-    step = work.settings.expansion_batch_size
-    for first in range(low, high + 1, step):
+    step = min(work.settings.expansion_first_batch_size, work.settings.expansion_batch_size)
+    first = low
+    while first <= high:
+        last = first + step - 1
+        step = min(step * 2, work.settings.expansion_batch_size)
         if not await _current(session, mailing):
             done.superseded = True
             break
-        inserted = (
-            insert(Message)
-            .from_select(
-                [
-                    "mailing_id",
-                    "client_id",
-                    "status",
-                    "due_at",
-                    "mailing_version",
-                    "last_error",
-                ],
-                select(
-                    literal(mailing.id),
-                    Client.id,
-                    case(
-                        (plan.c.due.is_(None), MessageStatus.EXPIRED.value),
-                        else_=MessageStatus.SCHEDULED.value,
-                    ),
-                    plan.c.due,
-                    literal(mailing.version, Integer),
-                    case((plan.c.due.is_(None), NO_TIME), else_=null()),
-                )
-                .join(plan, plan.c.zone == Client.timezone)
-                .where(audience.condition((first, first + step - 1))),
-            )
-            .on_conflict_do_nothing(index_elements=["mailing_id", "client_id"])
-            .returning(Message.status)
-            .cte("inserted")
-        )
-        counts = {
-            status: count
-            for status, count in await session.execute(
-                select(inserted.c.status, func.count()).group_by(inserted.c.status)
-            )
-        }
+        counts = await _expand_batch(session, mailing, audience, plans, (first, last))
+        first = last + 1
         if counts:
             # The reporter's counters learn of bulk-created rows from this one event,
             # committed with the rows.
@@ -301,5 +298,52 @@ async def _expand(
                 ],
             )
         await session.commit()
-        done.added += sum(counts.values())
+        if counts:
+            done.added += sum(counts.values())
+            work.on_commit()
+            work.wake()  # fire what is due now, while the rest is expanded
     return done
+
+
+async def _expand_batch(
+    session: AsyncSession,
+    mailing: Mailing,
+    audience: Audience,
+    plans: Plans,
+    clients: tuple[int, int],
+) -> dict[str, int]:
+    """Insert the messages of one client-id range; their count by initial status."""
+    match = audience.condition(clients)
+    plan = await plans.plan(session, match)
+    if plan is None:
+        return {}
+    has_some = await session.scalar(
+        select(
+            exists().where(Message.mailing_id == mailing.id, Message.client_id.between(*clients))
+        )
+    )
+    inserted: Any = insert(Message).from_select(
+        ["mailing_id", "client_id", "status", "due_at", "mailing_version", "last_error"],
+        select(
+            literal(mailing.id),
+            Client.id,
+            case(
+                (plan.c.due.is_(None), MessageStatus.EXPIRED.value),
+                else_=MessageStatus.SCHEDULED.value,
+            ),
+            plan.c.due,
+            literal(mailing.version, Integer),
+            case((plan.c.due.is_(None), NO_TIME), else_=null()),
+        )
+        .join(plan, plan.c.zone == Client.timezone)
+        .where(match),
+    )
+    if has_some:
+        inserted = inserted.on_conflict_do_nothing(index_elements=["mailing_id", "client_id"])
+    made = inserted.returning(Message.status).cte("inserted")
+    return {
+        status: count
+        for status, count in await session.execute(
+            select(made.c.status, func.count()).group_by(made.c.status)
+        )
+    }

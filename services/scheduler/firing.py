@@ -27,8 +27,30 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-async def fire_due(work: Work) -> int:
-    """Claim due messages, commit the claim, then publish their send commands."""
+async def room(work: Work) -> int:
+    """How many messages to fire now: a batch, or fewer when the dispatchers have not
+    yet taken what was fired (`scheduler_max_queued` messages `queued`, counted up to
+    that many from the waiting-for-dispatch index): the scheduler fires at the pace
+    they drain."""
+    batch = work.settings.scheduler_batch_size
+    most = work.settings.scheduler_max_queued
+    if not most:
+        return batch
+    async with work.sessions() as session:
+        queued = await session.scalar(
+            select(func.count()).select_from(
+                select(Message.id)
+                .where(Message.status == MessageStatus.QUEUED)
+                .limit(most)
+                .subquery()
+            )
+        )
+    return min(batch, most - int(queued or 0))
+
+
+async def fire_due(work: Work, limit: int | None = None) -> int:
+    """Claim due messages (a batch, or `limit`), commit the claim, then publish their
+    send commands."""
     async with work.sessions() as session, session.begin():
         due = (
             select(Message.id)
@@ -41,7 +63,7 @@ async def fire_due(work: Work) -> int:
                 ),
             )
             .order_by(Message.due_at)
-            .limit(work.settings.scheduler_batch_size)
+            .limit(limit or work.settings.scheduler_batch_size)
             .with_for_update(skip_locked=True)
             .cte("due")
         )

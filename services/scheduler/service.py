@@ -117,9 +117,14 @@ class Scheduler:
         """Expand one mailing's audience into messages; 1 if this call activated it."""
         return await activation.activate(self.work, mailing_id)
 
-    async def fire_due(self) -> int:
-        """Claim due messages, commit the claim, then publish their send commands."""
-        return await firing.fire_due(self.work)
+    async def fire_due(self, limit: int | None = None) -> int:
+        """Claim due messages (a batch, or `limit`), commit the claim, then publish
+        their send commands."""
+        return await firing.fire_due(self.work, limit)
+
+    async def room(self) -> int:
+        """How many messages to fire now (fewer while the dispatchers catch up)."""
+        return await firing.room(self.work)
 
     async def requeue_stale(self) -> int:
         """Re-publish the commands of messages `queued` for long."""
@@ -162,28 +167,43 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         slow, gauge = Every(slow_every_s(interval)), Every(GAUGE_EVERY_S)
         counts = Every(COMPACT_EVERY_S)
-        while True:
-            try:
-                await self.activate_due_mailings()
-                fired = await self.fire_due()
-                if slow.due(loop.time()):
-                    await self.expire_past_stop()
-                    await self.cancel_pending()
-                    await self.recover_stuck()
-                    await self.requeue_stale()
-                if gauge.due(loop.time()):
-                    SCHEDULER_BACKLOG.set(await self.backlog())
-                if counts.due(loop.time()):
-                    await self.compact_audience_counts()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("scheduler_tick_failed", error=repr(exc))
-                fired = 0
-                await asyncio.sleep(1.0)
-            if fired >= self.settings.scheduler_batch_size:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._wake.wait()
+        # Activation runs beside the loop: each expansion batch wakes it, and its
+        # messages are fired while the rest of the audience is expanded.
+        activating: asyncio.Task[int] | None = None
+        try:
+            while True:
+                room = fired = 0
+                try:
+                    if activating is None or activating.done():
+                        previous, activating = activating, None
+                        if previous is not None:
+                            previous.result()  # its failure is this tick's
+                        activating = asyncio.create_task(self.activate_due_mailings())
+                    room = await self.room()
+                    fired = await self.fire_due(room) if room > 0 else 0
+                    if slow.due(loop.time()):
+                        await self.expire_past_stop()
+                        await self.cancel_pending()
+                        await self.recover_stuck()
+                        await self.requeue_stale()
+                    if gauge.due(loop.time()):
+                        SCHEDULER_BACKLOG.set(await self.backlog())
+                    if counts.due(loop.time()):
+                        await self.compact_audience_counts()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("scheduler_tick_failed", error=repr(exc))
+                    fired = 0
+                    await asyncio.sleep(1.0)
+                if room > 0 and fired >= room:
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await self._wake.wait()
+        finally:
+            if activating is not None and not activating.done():
+                activating.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await activating
