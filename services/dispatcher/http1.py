@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 import httpx
@@ -52,8 +52,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -96,7 +96,8 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Write `request` and return the answer's status, headers and body."""
-        assert self.transport is not None
+        if self.transport is None or self.closed:
+            raise httpx.ConnectError("the connection to the gateway closed before the request")
         self._status, self._headers, self._body = 0, [], []
         self._headers_done = self._framed = self.keep_alive = False
         self._answer = asyncio.get_running_loop().create_future()

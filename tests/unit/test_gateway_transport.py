@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+import uvloop
 
 from services.dispatcher.gateway import HttpGateway, Outcome
 from services.dispatcher.http1 import Http1Transport
@@ -244,3 +245,22 @@ async def test_a_hung_request_times_out_and_its_connection_is_not_reused(
     # The second request did not read the first one's late answer: a new connection.
     assert after.outcome == Outcome.OK
     assert server.connections == 2
+
+
+async def _a_short_story(transport: Http1Transport) -> list[int]:
+    """Three requests on one kept connection, then one the server cuts off."""
+    answers = iter([OK, OK, OK, None])
+    async with serving(lambda _: next(answers)) as server:
+        statuses = [(await post(transport, server.port)).status_code for _ in range(3)]
+        with pytest.raises(httpx.ReadError):
+            await post(transport, server.port)
+        await transport.aclose()
+    return [*statuses, server.connections]
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_the_services_event_loop_too(runner: str) -> None:
+    """The services run on uvloop (uvicorn's choice when installed), whose transports are
+    not `asyncio.Transport` subclasses: the same story on both loops."""
+    run = uvloop.run if runner == "uvloop" else asyncio.run
+    assert run(_a_short_story(Http1Transport(max_connections=2))) == [200, 200, 200, 1]
