@@ -104,7 +104,9 @@ def published_channels(kind: Published, topics: Topics) -> list[tuple[str, Any, 
             (
                 topics.message_status,
                 StatusEvent,
-                "One event per message status change (`message.status_changed`); one per "
+                "One event per mailing per commit naming the messages moved to one status, "
+                "each with its previous status and attempt (`messages.transitioned`; the "
+                "one-message `message.status_changed` of earlier releases is still read); one per "
                 "bulk creation step of a mailing's messages, with counts by initial status "
                 "(`messages.created`); one per bulk status-change step (expiry at stop time, "
                 "the re-plan of an edit), with counts per previous -> new status "

@@ -201,6 +201,37 @@ class MessageStatusChanged(Envelope[StatusData]):
         return str(self.payload.mailing_id)
 
 
+class MessageTransition(Payload):
+    """One message of a `messages.transitioned` event."""
+
+    message_id: int
+    client_id: int
+    previous_status: str | None = None
+    attempt: int = 0
+
+
+class MessagesTransitionedData(Payload):
+    mailing_id: int
+    # Every message below moved from its `previous_status` to this one.
+    status: str
+    error: str | None = None
+    at: AwareDatetime = Field(default_factory=utcnow)
+    messages: list[MessageTransition]
+
+
+class MessagesTransitioned(Envelope[MessagesTransitionedData]):
+    """Status changes of named messages of one mailing, made in one transaction to one
+    status: one record per commit (a dispatcher's group of outcomes, a claim, a firing
+    step), each message still named with its previous status and attempt. It says what
+    `message.status_changed` says, for many messages at once: a record, an outbox row
+    and a consumer's decode per group, not per message."""
+
+    type: Literal["messages.transitioned"] = "messages.transitioned"
+
+    def key(self) -> str:
+        return str(self.payload.mailing_id)
+
+
 class MessagesCreatedData(Payload):
     mailing_id: int
     # Rows inserted by one audience-expansion step, by initial status
@@ -243,10 +274,11 @@ class MessagesStatusChanged(Envelope[MessagesStatusChangedData]):
         return str(self.payload.mailing_id)
 
 
-# What `message.status` carries: every status change one by one, bulk creations and
-# bulk status changes.
+# What `message.status` carries: status changes of named messages (one by one, from
+# earlier releases, or a commit's worth at once), bulk creations and bulk status changes.
 StatusEvent = Annotated[
-    MessageStatusChanged | MessagesCreated | MessagesStatusChanged, Field(discriminator="type")
+    MessageStatusChanged | MessagesTransitioned | MessagesCreated | MessagesStatusChanged,
+    Field(discriminator="type"),
 ]
 
 mailing_event_adapter: TypeAdapter[MailingEvent] = TypeAdapter(MailingEvent)

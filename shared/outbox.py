@@ -10,8 +10,8 @@ once (at-least-once); consumers are idempotent by `event_id`.
 
 Each published event is logged (`event_published`) with its topic, type, event id and
 the ids of its mailing, message and client. Status events are logged at DEBUG only: on
-the hot path there are several per message, and the reporter logs each one it applies
-(`message_status_changed`) with the same ids.
+the hot path there are several per commit, and the reporter logs each one it applies
+(`messages_transitioned`) with the same ids.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The event is staged in the outbox in the same transaction as the change, so the
 reporter and other systems see every change exactly once per commit.
 
 Two shapes: `transition_where` for a small set of messages (one client's, a batch a
-dispatcher or the scheduler claimed), one `message.status_changed` event per message;
+dispatcher or the scheduler claimed), one `messages.transitioned` event per mailing
+naming each message with its previous status and attempt;
 `move_batch` + `stage_changes` for bulk work (expiry at stop time, the re-plan of an
 edit), which the caller bounds (an id range) and which stages one aggregated
 `messages.status_changed` event per mailing and step, counts per (previous -> new).
@@ -21,9 +22,11 @@ from sqlalchemy import func, select, text, update
 from shared.events import (
     MessagesStatusChanged,
     MessagesStatusChangedData,
-    MessageStatusChanged,
+    MessagesTransitioned,
+    MessagesTransitionedData,
+    MessageTransition,
     StatusCount,
-    StatusData,
+    utcnow,
 )
 from shared.models import Message, MessageStatus
 from shared.outbox import add_events
@@ -49,7 +52,7 @@ MAILING_PAUSED: Final = "mailing paused: not sent, waits for the resume"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusChange:
-    """One message's change of status, as its `message.status_changed` event tells it
+    """One message's change of status, as a `messages.transitioned` event names it
     (built by keyword only: five ids and counts side by side are easy to swap)."""
 
     message_id: int
@@ -77,7 +80,7 @@ async def transition_where(
     *,
     error: str | None = None,
 ) -> int:
-    """Move every message matching `condition` to `to`; stage one event each.
+    """Move every message matching `condition` to `to`; stage their events.
 
     For small sets only: the rows come back to Python (use `move_batch` for bulk work).
     Returns the number of messages changed. Rows are locked in id order, so concurrent
@@ -108,6 +111,10 @@ async def transition_where(
     return len(rows)
 
 
+# The most messages one `messages.transitioned` event names (about 60 KB of JSON).
+TRANSITION_CHUNK: Final = 1000
+
+
 async def stage_status_events(
     session: AsyncSession,
     topics: Topics,
@@ -116,23 +123,35 @@ async def stage_status_events(
     *,
     error: str | None = None,
 ) -> None:
-    """Stage one `message.status_changed` event per change, each to `to` with `error`."""
+    """Stage the `changes`, all to `to` with `error`, as `messages.transitioned` events:
+    one per mailing (per `TRANSITION_CHUNK` messages), each message named with its
+    previous status and attempt, in the order given."""
+    by_mailing: dict[int, list[MessageTransition]] = {}
+    for change in changes:
+        by_mailing.setdefault(change.mailing_id, []).append(
+            MessageTransition(
+                message_id=change.message_id,
+                client_id=change.client_id,
+                previous_status=change.previous,
+                attempt=change.attempt,
+            )
+        )
+    at = utcnow()
     await add_events(
         session,
         topics.message_status,
         [
-            MessageStatusChanged(
-                payload=StatusData(
-                    message_id=change.message_id,
-                    mailing_id=change.mailing_id,
-                    client_id=change.client_id,
+            MessagesTransitioned(
+                payload=MessagesTransitionedData(
+                    mailing_id=mailing_id,
                     status=to.value,
-                    previous_status=change.previous,
-                    attempt=change.attempt,
                     error=error,
+                    at=at,
+                    messages=messages[start : start + TRANSITION_CHUNK],
                 )
             )
-            for change in changes
+            for mailing_id, messages in by_mailing.items()
+            for start in range(0, len(messages), TRANSITION_CHUNK)
         ],
     )
 

@@ -6,8 +6,9 @@ on all of them alike:
 
 * `httpx client.send`: an `httpx.AsyncClient` on the aiohttp transport, each request
   through `AsyncClient.send` (what the dispatcher did before);
-* `httpx transport` (`PROVIDER_CLIENT=httpx`, the default): httpx requests handed
-  straight to the same transport (`services/dispatcher/gateway.py`);
+* `httpx on aiohttp`: httpx requests handed straight to the same transport;
+* `httpx on http1` (`PROVIDER_CLIENT=httpx`, the default): the same requests on the
+  dispatcher's own keep-alive HTTP/1.1 transport (`services/dispatcher/http1.py`);
 * `aiohttp` (`PROVIDER_CLIENT=aiohttp`).
 
 Prints, per client, the median over rounds of requests per second and of this
@@ -73,9 +74,19 @@ class ClientSendGateway:
         await self.client.aclose()
 
 
+class AiohttpTransportGateway(HttpGateway):
+    """The same httpx requests on httpx-aiohttp's transport (the default before)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        limits = httpx.Limits(max_connections=settings.provider_concurrency)
+        self.transport = AiohttpTransport(limits=limits)  # type: ignore[assignment]
+
+
 CLIENTS: dict[str, Callable[[Settings], Gateway]] = {
     "httpx client.send": ClientSendGateway,
-    "httpx transport": HttpGateway,
+    "httpx on aiohttp": AiohttpTransportGateway,
+    "httpx on http1": HttpGateway,
     "aiohttp": AiohttpGateway,
 }
 

@@ -5,7 +5,9 @@
     python -m tools.logs --client 3 --mailing 5 'logs/*.log' other.log
 
 Every service writes one JSON object per line, with `mailing_id`, `message_id` and
-`client_id` on each line about one. Filters combine with AND; ids compare as integers
+`client_id` on each line about one; a line about many messages of a mailing names them
+in lists (`message_ids`, `client_ids`, ...) and matches when one entry does (the pretty
+format then shows that entry alone). Filters combine with AND; ids compare as integers
 (5 does not match 55). Lines that are not JSON objects are skipped. A file named as such
 is read with its rotated copies (`statistic.log.1`, `.2`, ...: LOG_FILE_MAX_BYTES). The
 output is in time order across all files: the raw JSON lines (for `jq`), or `--format pretty`.
@@ -33,6 +35,16 @@ FIELDS = {"mailing": "mailing_id", "message": "message_id", "client": "client_id
 # Shown in their own columns by the pretty format.
 _COLUMNS = ("timestamp", "service", "level", "event", *FIELDS.values())
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+# A line about many messages (the reporter's `messages_transitioned`) names them in
+# parallel lists, one entry per message: these, and the id fields they stand for.
+LISTS = {
+    "message_ids": "message_id",
+    "client_ids": "client_id",
+    "previous_statuses": "previous_status",
+    "attempts": "attempt",
+}
+_LIST_OF = {one: many for many, one in LISTS.items()}
+WHOLE = -1  # `match`: the line's own fields matched (not one entry of its lists)
 
 
 class UsageError(Exception):
@@ -46,6 +58,7 @@ class Line:
     number: int
     raw: str
     fields: dict[str, Any]
+    index: int = WHOLE  # which entry of a many-message line's lists matched
 
 
 def as_id(value: Any) -> int | None:
@@ -69,8 +82,38 @@ def parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def match(fields: dict[str, Any], wanted: dict[str, int]) -> int | None:
+    """None when the line does not match; WHOLE when its own id fields do; else the
+    index of the one list entry that matches every wanted id the line has as lists."""
+    index: int | None = WHOLE
+    for key, ident in wanted.items():
+        if as_id(fields.get(key)) == ident:
+            continue
+        many = fields.get(_LIST_OF.get(key, ""))
+        if not isinstance(many, list):
+            return None
+        found = [i for i, value in enumerate(many) if as_id(value) == ident]
+        if index not in (WHOLE, None):
+            found = [i for i in found if i == index]
+        if not found:
+            return None
+        index = found[0]
+    return index
+
+
 def matches(fields: dict[str, Any], wanted: dict[str, int]) -> bool:
-    return all(as_id(fields.get(key)) == ident for key, ident in wanted.items())
+    return match(fields, wanted) is not None
+
+
+def narrowed(fields: dict[str, Any], index: int) -> dict[str, Any]:
+    """A many-message line as if it were about one: its lists replaced by entry `index`
+    (WHOLE: by nothing, its `count` stays)."""
+    one = {key: value for key, value in fields.items() if key not in LISTS}
+    for many, key in LISTS.items():
+        values = fields.get(many)
+        if index != WHOLE and isinstance(values, list) and index < len(values):
+            one[key] = values[index]
+    return one
 
 
 def select(lines: Iterable[str], wanted: dict[str, int], source: int = 0) -> Iterator[Line]:
@@ -89,11 +132,14 @@ def select(lines: Iterable[str], wanted: dict[str, int], source: int = 0) -> Ite
             fields = json.loads(raw)
         except ValueError:
             continue
-        if not isinstance(fields, dict) or not matches(fields, wanted):
+        if not isinstance(fields, dict):
+            continue
+        index = match(fields, wanted)
+        if index is None:
             continue
         at = parse_time(fields.get("timestamp")) or previous
         previous = at
-        yield Line(at, source, number, raw.rstrip("\r\n"), fields)
+        yield Line(at, source, number, raw.rstrip("\r\n"), fields, index)
 
 
 def expand(patterns: Sequence[str]) -> list[Path]:
@@ -207,7 +253,8 @@ def run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         err.write(f"{cli.prog}: error: {exc}\n")
         return 2
     for line in lines:
-        out.write((pretty(line.fields) if args.format == "pretty" else line.raw) + "\n")
+        shown = pretty(narrowed(line.fields, line.index)) if args.format == "pretty" else line.raw
+        out.write(shown + "\n")
     return 0
 
 

@@ -413,9 +413,6 @@ class Delivery:
                 return retry(
                     message, now, "circuit open", self.breaker.wait_s(), escalate=False, rules=rules
                 )
-            log.info(
-                "gateway_request", attempt=message.attempt, deadline_s=round(deadline, 3), **ids
-            )
             started = time.perf_counter()
             self._requested[message.message_id] = True
             result = await self.gateway.send(
@@ -423,8 +420,11 @@ class Delivery:
             )
             elapsed = time.perf_counter() - started
         self._observe(result, elapsed)
+        # One line per attempt, once its answer (or the lack of one) is known.
         log.info(
             "gateway_response",
+            attempt=message.attempt,
+            deadline_s=round(deadline, 3),
             outcome=result.outcome.value,
             status=result.status,
             error=result.error,

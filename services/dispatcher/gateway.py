@@ -8,9 +8,10 @@ or transient (timeouts, connection errors, 5xx, 408, 429, malformed answers).
 A `Retry-After` is read as seconds or an HTTP date and clamped to
 `MAX_RETRY_AFTER_S`; a value that is neither is ignored.
 
-httpx runs on the aiohttp transport: on this machine httpx's own pool manages a few
-hundred requests per second while the aiohttp transport reaches well over a thousand
-(`make bench-gateway`; docs/benchmarks.md), and the gateway client is on the hot path.
+httpx runs on `Http1Transport` (`http1.py`): keep-alive HTTP/1.1 connections parsed by
+httptools. httpx's own pool manages a few hundred requests per second here, the aiohttp
+transport well over a thousand, and this one about twice as many for half the CPU
+(`make bench-gateway`; docs/benchmarks.md): the gateway client is on the hot path.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+import orjson
+
+from services.dispatcher.http1 import Http1Transport
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -104,7 +107,7 @@ class Gateway(Protocol):
 
 
 class HttpGateway:
-    """httpx requests sent straight through its aiohttp transport.
+    """httpx requests sent straight through the transport.
 
     `AsyncClient.send` wraps each request in machinery this client never uses (auth
     flows, redirects, a cookie jar, base-URL merging): about a fifth of the
@@ -114,8 +117,7 @@ class HttpGateway:
 
     def __init__(self, settings: Settings) -> None:
         self.base = str(settings.provider_url).rstrip("/")
-        limit = settings.provider_concurrency
-        self.transport = AiohttpTransport(limits=httpx.Limits(max_connections=limit))
+        self.transport = Http1Transport(max_connections=settings.provider_concurrency)
         self.headers = httpx.Headers(
             {
                 "Authorization": f"Bearer {settings.provider_token.get_secret_value()}",
@@ -125,7 +127,7 @@ class HttpGateway:
         self.timeout = httpx.Timeout(settings.provider_timeout_s).as_dict()
 
     async def send(self, message_id: int, phone: str, text: str, deadline_s: float) -> Result:
-        body = json.dumps({"id": message_id, "phone": int(phone), "text": text}).encode()
+        body = orjson.dumps({"id": message_id, "phone": int(phone), "text": text})
         sent = False
         try:
             # A total deadline: per-phase timeouts let a slow drip run on.

@@ -1,8 +1,10 @@
 """Per-mailing message counts by status, kept from the `message.status` stream.
 
-Every status change arrives as an event naming the new and the previous status, bulk
-creations as one event with counts by status, and bulk status changes (expiry at stop
-time, the re-plan of an edit) as one event per step with counts per (previous -> new):
+Status changes of named messages arrive as events naming each message's previous status
+and the new one (`messages.transitioned`, a commit's worth at once;
+`message.status_changed`, one message, from earlier releases), bulk creations as one
+event with counts by status, and bulk status changes (expiry at stop time, the re-plan
+of an edit) as one event per step with counts per (previous -> new):
 a count is the sum of deltas, which commute, so the order events arrive in does not
 matter. A batch of events is applied in one transaction together with their ids in
 `processed_event`; an event whose id is already there (a Kafka redelivery, the outbox
@@ -25,6 +27,7 @@ from shared.events import (
     MessagesCreated,
     MessagesStatusChanged,
     MessageStatusChanged,
+    MessagesTransitioned,
     StatusEvent,
 )
 from shared.logging import get_logger
@@ -100,6 +103,12 @@ def deltas_of(events: Sequence[StatusEvent]) -> Counter[tuple[int, str]]:
             for change in event.payload.changes:
                 deltas[(event.payload.mailing_id, change.status)] += change.count
                 deltas[(event.payload.mailing_id, change.previous_status)] -= change.count
+        elif isinstance(event, MessagesTransitioned):
+            mailing = event.payload.mailing_id
+            deltas[(mailing, event.payload.status)] += len(event.payload.messages)
+            for message in event.payload.messages:
+                if message.previous_status is not None:
+                    deltas[(mailing, message.previous_status)] -= 1
         else:
             data = event.payload
             deltas[(data.mailing_id, data.status)] += 1
@@ -200,9 +209,27 @@ class Counters:
 
 
 def log_applied(events: Sequence[StatusEvent]) -> None:
-    """One line per applied event, carrying the ids: the status part of a message's story."""
+    """One line per applied event, carrying the ids: the status part of a message's story.
+
+    A `messages.transitioned` event's line names its messages in parallel lists
+    (`message_ids`, `client_ids`, `previous_statuses`, `attempts`): `make logs
+    MESSAGE=id` finds the line by any of them and shows that message's entry."""
     for event in events:
-        if isinstance(event, MessageStatusChanged):
+        if isinstance(event, MessagesTransitioned):
+            moved = event.payload
+            messages = moved.messages
+            log.info(
+                "messages_transitioned",
+                mailing_id=moved.mailing_id,
+                status=moved.status,
+                error=moved.error,
+                count=len(messages),
+                message_ids=[m.message_id for m in messages],
+                client_ids=[m.client_id for m in messages],
+                previous_statuses=[m.previous_status for m in messages],
+                attempts=[m.attempt for m in messages],
+            )
+        elif isinstance(event, MessageStatusChanged):
             data = event.payload
             log.info(
                 "message_status_changed",

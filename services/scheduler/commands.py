@@ -2,8 +2,8 @@
 
 Firing due messages and re-driving orphaned ones both publish a `SendMessage` per
 message, keyed by message id, enqueue them all and wait for every acknowledgement,
-then log one line per message with its ids (the hot path: explicit fields, no context
-churn), so a message's story shows which of the two sent its command.
+then log one line per mailing naming its messages (ids in parallel lists, as the
+reporter's status lines), so a message's story shows which of the two sent its command.
 """
 
 from __future__ import annotations
@@ -42,11 +42,17 @@ async def publish_send_commands(
             )
         )
     await asyncio.gather(*futures)
+    # One line per mailing, its messages in parallel lists (`make logs MESSAGE=` finds
+    # the line by any of them and shows that entry).
+    by_mailing: dict[int, list[tuple[int, int, int]]] = {}
     for message_id, mailing_id, client_id, attempts in rows:
+        by_mailing.setdefault(mailing_id, []).append((message_id, client_id, attempts))
+    for mailing_id, sent in by_mailing.items():
         log.info(
             event,
-            message_id=message_id,
             mailing_id=mailing_id,
-            client_id=client_id,
-            attempt=attempts,
+            count=len(sent),
+            message_ids=[message_id for message_id, _, _ in sent],
+            client_ids=[client_id for _, client_id, _ in sent],
+            attempts=[attempts for _, _, attempts in sent],
         )

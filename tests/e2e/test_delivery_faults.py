@@ -184,5 +184,5 @@ async def test_two_dispatchers_share_the_work_and_send_nothing_twice(
     assert counts == {"sent": 1000}
     assert summary["unique_accepted"] == 1000
     assert summary["duplicates"] == []
-    senders = Counter(e.get("pid") for e in events if e["event"] == "gateway_request")
+    senders = Counter(e.get("pid") for e in events if e["event"] == "gateway_response")
     assert len(senders) == 2, f"one dispatcher did all the work: {senders}"

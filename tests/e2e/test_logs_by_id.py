@@ -101,6 +101,24 @@ def ids(line: Line) -> tuple[Any, Any, Any]:
     return line.get("mailing_id"), line.get("message_id"), line.get("client_id")
 
 
+MANY = ("message_ids", "client_ids", "previous_statuses", "attempts")
+
+
+def entry(line: Line, message_id: int) -> dict[str, Any]:
+    """A line's fields about one message: its own, or those of the message's entry in a
+    many-message line's lists (`messages_transitioned`)."""
+    if "message_ids" not in line:
+        return dict(line)
+    i = line["message_ids"].index(message_id)
+    one = {k: v for k, v in line.items() if k not in MANY}
+    for many, key in zip(
+        MANY, ("message_id", "client_id", "previous_status", "attempt"), strict=True
+    ):
+        if many in line:
+            one[key] = line[many][i]
+    return one
+
+
 def assert_time_ordered(lines: list[Line]) -> None:
     stamps = [datetime.fromisoformat(line["timestamp"]) for line in lines]
     assert stamps == sorted(stamps)
@@ -114,21 +132,21 @@ async def test_a_message_id_gives_scheduling_and_gateway_lines_and_nothing_else(
             story,
             "--message",
             str(message_id),
-            having={"send_command_published", "gateway_request", "gateway_response"},
+            having={"send_command_published", "gateway_response"},
         )
         # Nothing about another message leaks in.
-        assert {line["message_id"] for line in lines} == {message_id}
+        assert {entry(line, message_id)["message_id"] for line in lines} == {message_id}
         assert_time_ordered(lines)
         [scheduled] = only(lines, "send_command_published")
         assert scheduled["service"] == "scheduler"
-        assert ids(scheduled) == (story.mailing_id, message_id, client_id)
-        [request] = only(lines, "gateway_request")
+        assert ids(entry(scheduled, message_id)) == (story.mailing_id, message_id, client_id)
+        # One line per attempt, with its answer.
         [response] = only(lines, "gateway_response")
-        for line in (request, response):
-            assert line["service"] == "dispatcher"
-            assert ids(line) == (story.mailing_id, message_id, client_id)
-        assert (response["outcome"], response["status"]) == ("ok", 200)
-        assert lines.index(request) < lines.index(response)
+        assert response["service"] == "dispatcher"
+        assert ids(response) == (story.mailing_id, message_id, client_id)
+        assert (response["outcome"], response["status"], response["attempt"]) == ("ok", 200, 1)
+        assert response["deadline_s"] > 0
+        assert lines.index(scheduled) < lines.index(response)
 
 
 async def test_a_client_id_gives_its_creation_requests_and_messages(story: Story) -> None:
@@ -139,8 +157,16 @@ async def test_a_client_id_gives_its_creation_requests_and_messages(story: Story
             str(client_id),
             having={"client_created", "http_request", "gateway_response"},
         )
-        assert {line["client_id"] for line in lines} == {client_id}
+        assert {
+            line["client_id"] if "client_ids" not in line else entry(line, message_id)["client_id"]
+            for line in lines
+        } == {client_id}
         assert {line.get("message_id") for line in lines} <= {message_id, None}
+        assert all(
+            line["message_ids"][line["client_ids"].index(client_id)] == message_id
+            for line in lines
+            if "message_ids" in line
+        )
         assert_time_ordered(lines)
         [created] = only(lines, "client_created")
         assert created["service"] == "api"
@@ -196,7 +222,9 @@ async def test_mailing_and_client_together_give_that_one_message(story: Story) -
         str(client_id),
         having={"gateway_response"},
     )
-    assert {ids(line) for line in lines} == {(story.mailing_id, message_id, client_id)}
+    assert {ids(entry(line, message_id)) for line in lines} == {
+        (story.mailing_id, message_id, client_id)
+    }
     result = await asyncio.to_thread(
         subprocess.run,
         [
@@ -213,16 +241,22 @@ async def test_mailing_and_client_together_give_that_one_message(story: Story) -
     assert len(pretty) == len(await run_logs(story, "--message", str(message_id)))
     ids_column = f"mailing={story.mailing_id} message={message_id} client={client_id}"
     assert all(ids_column in line for line in pretty)
-    assert any(" dispatcher " in line and " gateway_request " in line for line in pretty)
+    assert any(" dispatcher " in line and " gateway_response " in line for line in pretty)
+    # A many-message line shows this message's entry alone.
+    transitioned = [line for line in pretty if " messages_transitioned " in line]
+    assert transitioned
+    assert all(" message_ids=" not in line and " attempt=" in line for line in transitioned)
 
 
 async def test_status_changes_of_a_message_are_logged_by_the_reporter(story: Story) -> None:
-    """The reporter logs one `message_status_changed` line per status event it applies."""
+    """The reporter logs one `messages_transitioned` line per status event it applies,
+    naming each message of the event; a message's id finds every change it went
+    through."""
     for client_id, message_id in story.messages.items():
         lines = await logs_until(
-            story, "--message", str(message_id), having={"message_status_changed"}
+            story, "--message", str(message_id), having={"messages_transitioned"}
         )
-        changes = only(lines, "message_status_changed")
+        changes = [entry(line, message_id) for line in only(lines, "messages_transitioned")]
         assert {line["service"] for line in changes} == {"reporter"}
         assert {ids(line) for line in changes} == {(story.mailing_id, message_id, client_id)}
         assert {"queued", "sending", "sent"} <= {line["status"] for line in changes}

@@ -197,13 +197,15 @@ async def test_failed_messages_show_their_reasons_and_replay_by_reason(api: ApiC
         )
         == 3
     )
-    # One status event each, so the reporter's counters follow.
+    # Each named in a status event, so the reporter's counters follow.
     assert (
         await _sql(
             api,
-            "SELECT count(*) FROM outbox WHERE key = :k "
-            "AND payload->>'type' = 'message.status_changed' "
-            "AND payload->'payload'->>'previous_status' = 'failed'",
+            "SELECT count(*) FROM outbox, "
+            "jsonb_array_elements(payload->'payload'->'messages') AS m "
+            "WHERE key = :k AND payload->>'type' = 'messages.transitioned' "
+            "AND payload->'payload'->>'status' = 'scheduled' "
+            "AND m->>'previous_status' = 'failed'",
             k=str(ident),
         )
         == 3

@@ -119,7 +119,19 @@ class Parts:
             rows = (
                 await session.scalars(select(Outbox.payload).where(Outbox.topic == topic))
             ).all()
-        return [row["payload"] for row in rows if row["payload"]["message_id"] == message_id]
+        found: list[dict[str, Any]] = []
+        for row in rows:
+            payload = row["payload"]
+            if "messages" in payload:  # `messages.transitioned`: this message's entry
+                common = {key: value for key, value in payload.items() if key != "messages"}
+                found.extend(
+                    {**common, **entry}
+                    for entry in payload["messages"]
+                    if entry["message_id"] == message_id
+                )
+            elif payload.get("message_id") == message_id:
+                found.append(payload)
+        return found
 
 
 async def parts_for(

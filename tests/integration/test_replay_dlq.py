@@ -67,14 +67,17 @@ async def test_more_than_65535_failed_messages_are_replayed(
                     )
                 ).all()
             )
-            events = await session.scalar(
+            named = await session.scalar(
                 text(
-                    "SELECT count(*) FROM outbox WHERE topic = :t "
-                    "AND (payload -> 'payload' ->> 'mailing_id')::bigint = :m"
+                    "SELECT count(DISTINCT (m ->> 'message_id')::bigint) "
+                    "FROM outbox, jsonb_array_elements(payload -> 'payload' -> 'messages') AS m "
+                    "WHERE topic = :t AND (payload -> 'payload' ->> 'mailing_id')::bigint = :m "
+                    "AND m ->> 'previous_status' = 'failed'"
                 ).bindparams(t=topics_from(settings).message_status, m=mailing_id)
             )
         assert counts == {"scheduled": MESSAGES - 1, "sent": 0}
-        assert events == MESSAGES - 1
+        # Each replayed message named once in a status event, so the counters follow.
+        assert named == MESSAGES - 1
     finally:
         async with sessions() as session, session.begin():
             await session.execute(

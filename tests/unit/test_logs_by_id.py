@@ -205,3 +205,63 @@ def test_a_non_integer_id_is_refused() -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli("--mailing", "five")
     assert exit_info.value.code == 2
+
+
+def transitioned(at: str, **overrides: Any) -> Line:
+    """The reporter's line for a `messages.transitioned` event of three messages."""
+    return {
+        "event": "messages_transitioned",
+        "timestamp": at,
+        "service": "reporter",
+        "level": "info",
+        "mailing_id": 5,
+        "status": "sent",
+        "count": 3,
+        "message_ids": [70, 71, 72],
+        "client_ids": [30, 31, 32],
+        "previous_statuses": ["sending", "sending", "retrying"],
+        "attempts": [1, 1, 2],
+        **overrides,
+    }
+
+
+def test_a_many_message_line_matches_by_any_of_its_entries(tmp_path: Path) -> None:
+    log = write(
+        tmp_path / "a.log",
+        transitioned("2031-01-02T09:00:00Z"),
+        {"event": "other", "message_id": 7, "timestamp": "2031-01-02T09:00:01Z"},
+        # 7 is only part of 70: no match.
+    )
+    assert events(cli("--message", "72", str(log))[1]) == ["messages_transitioned"]
+    assert events(cli("--client", "31", str(log))[1]) == ["messages_transitioned"]
+    assert events(cli("--message", "7", str(log))[1]) == ["other"]
+    assert events(cli("--message", "73", str(log))[1]) == []
+    # Message and client must be the same entry, not two entries of the line.
+    assert events(cli("--message", "71", "--client", "31", str(log))[1]) == [
+        "messages_transitioned"
+    ]
+    assert events(cli("--message", "71", "--client", "32", str(log))[1]) == []
+    assert events(cli("--message", "72", "--mailing", "5", str(log))[1]) == [
+        "messages_transitioned"
+    ]
+    assert events(cli("--message", "72", "--mailing", "6", str(log))[1]) == []
+
+
+def test_pretty_shows_the_matching_entry_of_a_many_message_line(tmp_path: Path) -> None:
+    log = write(tmp_path / "a.log", transitioned("2031-01-02T09:00:00Z"))
+    code, out, _ = cli("--format", "pretty", "--message", "72", str(log))
+    assert code == 0
+    [line] = out.splitlines()
+    assert "mailing=5 message=72 client=32" in line
+    for shown in ("previous_status=retrying", "attempt=2", "status=sent"):
+        assert shown in line
+    for hidden in ("message_ids", "70"):
+        assert hidden not in line
+    # By mailing: no entry is singled out, the count stays and the lists go.
+    [line] = cli("--format", "pretty", "--mailing", "5", str(log))[1].splitlines()
+    assert "count=3" in line
+    assert "message_ids" not in line
+    assert "message=" not in line
+    # The JSON format gives the line as it was written.
+    raw = json.loads(cli("--message", "72", str(log))[1])
+    assert raw["message_ids"] == [70, 71, 72]
