@@ -14,7 +14,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 help:
 	@echo "make dev        run every service locally on real PostgreSQL + Kafka (Ctrl-C stops all)"
-	@echo "make test-fast  the unit tests alone (tests/unit): no PostgreSQL, no Kafka, under a minute"
+	@echo "make test-fast  the unit tests alone (tests/unit): no PostgreSQL, no Kafka, one to three minutes"
 	@echo "make test       ruff, mypy and pytest on real PostgreSQL + Kafka started for the run"
 	@echo "make lint       ruff lint + format check, import rules;  make fmt: apply ruff format and fixes"
 	@echo "make helm-check the Helm chart: helm lint, helm template, every object against its schema"
