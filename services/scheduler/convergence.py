@@ -142,7 +142,7 @@ async def converge(
     await session.commit()
     step = work.settings.scheduler_bulk_batch_size
     for first in range(low, high + 1, step) if low is not None else ():
-        if not await _current(session, mailing):
+        if not await hold_version(session, mailing):
             done.superseded = True
             return done
         await plan_each_batch(session)
@@ -189,12 +189,20 @@ async def converge(
     return done
 
 
-async def _current(session: AsyncSession, mailing: Mailing) -> bool:
+async def hold_version(session: AsyncSession, mailing: Mailing) -> bool:
     """Whether the mailing row still has the version being worked on; a key-share lock
     on the row until the step commits, so the row is not deleted while the step writes
-    messages naming it (a deletion waits, then deletes them with it: migration 0008)."""
+    messages naming it (a deletion waits, then deletes them with it: migration 0008).
+
+    `FOR KEY SHARE` (`read=True`; `key_share=True` alone is `FOR NO KEY UPDATE`): it
+    conflicts with a deletion and with the API's `FOR UPDATE` (pause, resume, cancel),
+    not with the dispatchers' `FOR SHARE` of a claim, so the messages fired so far are
+    claimed while the rest of the audience is expanded. An edit is not held back
+    either: the next step sees its version and starts over from the row."""
     version = await session.scalar(
-        select(Mailing.version).where(Mailing.id == mailing.id).with_for_update(key_share=True)
+        select(Mailing.version)
+        .where(Mailing.id == mailing.id)
+        .with_for_update(read=True, key_share=True)
     )
     return version == mailing.version
 
@@ -280,7 +288,7 @@ async def _expand(
     while first <= high:
         last = first + step - 1
         step = min(step * 2, work.settings.expansion_batch_size)
-        if not await _current(session, mailing):
+        if not await hold_version(session, mailing):
             done.superseded = True
             break
         counts = await _expand_batch(session, mailing, audience, plans, (first, last))

@@ -6,22 +6,26 @@ moved the message. And an error while delivering one message is its outcome alon
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from services.dispatcher.breaker import CircuitBreaker
 from services.dispatcher.decisions import Decision
 from services.dispatcher.delivery import Delivery
 from services.dispatcher.gateway import Gateway, Outcome, Result
 from services.dispatcher.ratelimit import RateLimiter
+from services.scheduler.convergence import hold_version
 from services.scheduler.service import Scheduler
 from shared.db import create_engine, create_session_factory
 from shared.events import SendData
 from shared.kafka import topics_from
-from shared.models import MessageStatus, Outbox
+from shared.models import Mailing, MessageStatus, Outbox
 from tests.support.infra import make_settings
 
 if TYPE_CHECKING:
@@ -265,3 +269,29 @@ async def test_a_message_an_edit_excluded_is_cancelled_not_claimed(infra: Infra)
         )
         events = await parts.outbox(parts.topics.message_status, command.message_id)
         assert [(e["previous_status"], e["status"]) for e in events] == [("queued", "cancelled")]
+
+
+async def test_an_expansion_step_holds_back_a_deletion_of_its_mailing_not_a_claim(
+    infra: Infra,
+) -> None:
+    """Each step of an audience expansion locks its mailing row until it commits, so the
+    mailing is not deleted under the messages the step writes. That lock must not stop
+    the dispatchers claiming the mailing's messages fired so far: the first messages
+    go out while the rest of the audience is expanded."""
+    async for parts in parts_for(infra):
+        command = await parts.queued_message()
+        async with parts.sessions() as step, step.begin():
+            mailing = await step.get(Mailing, command.mailing_id)
+            assert mailing is not None
+            assert await hold_version(step, mailing)  # the step's lock, until its commit
+
+            [claimed] = await asyncio.wait_for(parts.delivery.claim([command]), timeout=5)
+            assert claimed.attempt == 1
+
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                async with parts.sessions() as other, other.begin():
+                    await other.execute(text("SET LOCAL lock_timeout = '300ms'"))
+                    await other.execute(
+                        text("DELETE FROM mailing WHERE id = :id"), {"id": command.mailing_id}
+                    )
+        assert (await parts.row(command.message_id)).status == "sending"
