@@ -16,6 +16,7 @@ from tools.bench.figures import (
     figures,
     load,
     render_comparison,
+    timeline,
 )
 from tools.bench.report import Results, as_dict, render, write_json
 from tools.infra.postgres import PostgresServer, durability_label
@@ -53,8 +54,8 @@ def test_early_rate_ignores_arrivals_before_t0_and_needs_some() -> None:
     assert early_rate([T0 - 5, T0 + 2], T0) == (0.5, 2.0)
 
 
-def test_cpu_per_message_leaves_out_the_bench_and_other_processes() -> None:
-    cpu = {"dispatcher": 2.0, "postgres": 1.0, "bench": 5.0, "other": 9.0}
+def test_cpu_per_message_leaves_out_the_bench_its_queries_and_other_processes() -> None:
+    cpu = {"dispatcher": 2.0, "postgres": 1.0, "bench": 5.0, "bench-sql": 0.5, "other": 9.0}
     assert cpu_ms_per_message(cpu, 1000) == {"dispatcher": 2.0, "postgres": 1.0}
     assert cpu_ms_per_message(cpu, 0) == {}
 
@@ -173,3 +174,19 @@ def test_postgres_is_fast_for_the_tests_and_durable_when_asked(tmp_path: Path) -
         "full_page_writes=off",
     ]
     assert PostgresServer(tmp_path / "b", durable=True)._durability_args() == []
+
+
+def test_timeline_counts_every_arrival_in_buckets_of_five_seconds() -> None:
+    arrivals = [T0 + 0.5 * i for i in range(40)]  # 2 per second for 20 s
+    width, rates = timeline(arrivals, T0, max(arrivals))
+    assert width == 5.0
+    assert rates == [2.0, 2.0, 2.0, 2.2]  # the last bucket: 10 over 4.5 s (15 to 19.5)
+
+
+def test_a_short_last_bucket_joins_the_one_before_it() -> None:
+    arrivals = [T0 + 0.1 * i for i in range(101)]  # 10 per second, the last at t0 + 10 s
+    arrivals.append(T0 + 10.2)
+    width, rates = timeline(arrivals, T0, max(arrivals))
+    assert width == 5.0
+    # 0-5 s: 50; 5-10.2 s: 52 over 5.2 s, not a last bucket of 2 over 0.2 s read as 2/s
+    assert rates == [10.0, 10.0]

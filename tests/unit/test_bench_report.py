@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 from tools.bench.report import Results, percentile, render
 from tools.bench.sampling import OTHER, Sampler
@@ -60,3 +63,25 @@ def test_sampler_measures_its_own_process() -> None:
     load = sampler.machine_load()
     assert load is not None
     assert load[1] > 0
+
+
+def test_a_watched_child_is_counted_under_its_own_name_not_its_parents() -> None:
+    """The bench's own PostgreSQL backend (`bench-sql`) is a child of the postmaster:
+    watched on its own, its CPU leaves the `postgres` figure."""
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", busy + "time.sleep(30)"])
+    try:
+        time.sleep(1.5)  # the child's 0.3 s of CPU are spent
+        alone = Sampler()
+        alone.watch("parent", os.getpid())
+        alone.sample()
+        apart = Sampler()
+        apart.watch("parent", os.getpid())
+        apart.watch("child", child.pid)
+        apart.sample()
+        assert alone.cpu_totals()["parent"] >= 0.25  # the child's CPU, in its parent's tree
+        assert apart.cpu_totals()["child"] >= 0.25
+        assert apart.cpu_totals()["parent"] <= alone.cpu_totals()["parent"] - 0.25
+    finally:
+        child.kill()
+        child.wait()

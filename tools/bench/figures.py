@@ -8,6 +8,7 @@ lacks some figures, still compares on the ones it has.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 EARLY_WINDOW_S = 10.0
-NOT_PIPELINE = ("bench", "other")  # CPU the pipeline's figures leave out
+PROBE = "bench-sql"  # the PostgreSQL backend of the bench's own queries
+NOT_PIPELINE = ("bench", PROBE, "other")  # CPU the pipeline's figures leave out
 LABEL = 34
 
 
@@ -36,6 +38,22 @@ def early_rate(
         return None
     count = sum(1 for at in times if at - t0 <= window)
     return count / window, window
+
+
+def timeline(arrivals: Iterable[float], t0: float, last: float) -> tuple[float, list[float]]:
+    """(bucket width, messages per second in each bucket from `t0` to `last`): about 20
+    buckets of a multiple of 5 s. A last bucket shorter than half the width is merged
+    into the one before it, so a run's few final messages do not read as a slowdown."""
+    span = max(last - t0, 1e-6)
+    width = max(5.0, math.ceil(span / 20 / 5) * 5)
+    counts = [0] * (int(span // width) + 1)
+    for at in arrivals:
+        counts[min(len(counts) - 1, max(0, int((at - t0) // width)))] += 1
+    widths = [width] * (len(counts) - 1) + [span - width * (len(counts) - 1)]
+    if len(counts) > 1 and widths[-1] < width / 2:
+        counts[-2] += counts.pop()
+        widths[-2] += widths.pop()
+    return width, [round(count / max(w, 1.0), 1) for count, w in zip(counts, widths, strict=True)]
 
 
 def cpu_ms_per_message(cpu_s: Mapping[str, float], delivered: int) -> dict[str, float]:
