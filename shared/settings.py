@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     # as soon as it commits, while the rest is expanded.
     expansion_first_batch_size: PositiveInt = 2000
     expansion_batch_size: PositiveInt = 50_000
+    # At most this many messages made per second by an audience's expansion (0: no
+    # limit), so a big audience's expansion leaves the CPU to the first deliveries.
+    expansion_max_rate: int = Field(default=80_000, ge=0)
     # Firing stops while this many messages are `queued` (commands published, not yet
     # taken by a dispatcher) and resumes as the dispatchers drain them: the scheduler
     # fires at the dispatchers' pace instead of queueing a whole mailing at once.
