@@ -14,6 +14,7 @@ from shared.settings import load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType
 
     from fastapi import FastAPI
 
@@ -29,22 +30,50 @@ class ExitRequest:
 
     The server shuts down gracefully, as on SIGTERM, and the process then exits with the
     status asked for. A graceful shutdown that hangs (a wedged Kafka client) is cut
-    short after `backstop_s`.
+    short after `backstop_s`, as is one that a signal asked for (`arm`).
     """
 
     def __init__(self, server: uvicorn.Server, backstop_s: float) -> None:
         self.server = server
         self.backstop_s = backstop_s
         self.code: int | None = None
+        self._armed = False
 
     def __call__(self, code: int) -> None:
         if self.code is not None:
             return
         self.code = code
         self.server.should_exit = True
-        backstop = threading.Timer(self.backstop_s, os._exit, args=(code,))
+        self.arm(code)
+
+    def arm(self, code: int) -> None:
+        """Exit with `code` if the process is still here `backstop_s` from now."""
+        if self._armed:
+            return
+        self._armed = True
+        backstop = threading.Timer(self.backstop_s, self._cut, args=(code,))
         backstop.daemon = True
         backstop.start()
+
+    def _cut(self, code: int) -> None:
+        get_logger(__name__).error(
+            "shutdown_timed_out",
+            seconds=self.backstop_s,
+            exit_code=code,
+            hint="a step of the shutdown did not finish; the process exits without it",
+        )
+        os._exit(code)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose stop on a signal has the same backstop as `ExitRequest`."""
+
+    exit_request: ExitRequest | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.exit_request is not None:
+            self.exit_request.arm(128 + sig)  # the shell's status for "killed by sig"
+        super().handle_exit(sig, frame)
 
 
 def run_service(service: str, build: Callable[[Settings], FastAPI]) -> None:
@@ -64,9 +93,10 @@ def run_service(service: str, build: Callable[[Settings], FastAPI]) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     # HTTP connections, then the consumers, each get the grace period; then a margin.
     app.state.request_exit = exit_request = ExitRequest(server, settings.shutdown_grace_s * 2 + 10)
+    server.exit_request = exit_request
     server.run()
     if not server.started and exit_request.code is None:
         # The lifespan refused to start (its reason is logged): not a clean exit.

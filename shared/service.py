@@ -258,14 +258,37 @@ async def _lifespan(
         runtime.consumers.stop()
         for task in reversed(runtime.tasks):
             task.cancel()
-        await asyncio.gather(*runtime.tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await runtime.broker.stop()
+        # Each step gets the grace at most: a step waiting on a broker or a database
+        # that is gone (killed with the process's infrastructure) must not hold the
+        # stop; the step is named in the log and left behind.
+        grace = settings.shutdown_grace_s
+        await bounded_step("background tasks", _gather(runtime.tasks), grace)
+        # The broker's own stop waits up to the grace for the handlers in progress, then
+        # commits and closes: a margin for those.
+        await bounded_step("kafka clients", runtime.broker.stop(), grace + 5)
         for close in runtime.closers:
-            with contextlib.suppress(Exception):
-                await close()
-        await engine.dispose()
+            await bounded_step(getattr(close, "__qualname__", "closer"), close(), grace)
+        await bounded_step("database connections", engine.dispose(), grace)
         log.info("service_stopped")
+
+
+async def _gather(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def bounded_step(step: str, work: Awaitable[Any], timeout_s: float) -> bool:
+    """Run one shutdown step for at most `timeout_s`; True if it finished. A step that
+    overruns is cancelled and not waited for (a task that ignores its cancellation
+    would hold the stop again); an error is logged, not raised: the next steps run."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        log.error("shutdown_step_timed_out", step=step, seconds=timeout_s)
+        return False
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("shutdown_step_failed", step=step, error=repr(exc)[:300])
+    return True
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
