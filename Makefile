@@ -122,7 +122,8 @@ bench-bulk: venv
 	$(BIN)/python -m tools.infra run -- $(BIN)/python -m tools.bench_bulk --messages $(BULK)
 
 # The scheduler's audience expansion of mailings of BULK clients (default 1000000), on a
-# durable PostgreSQL of its own (BENCH_PG=fast: fsync etc. off).
+# durable PostgreSQL of its own (BENCH_PG=fast: fsync etc. off), at the pace of
+# EXPANSION_MAX_RATE (EXPANSION_MAX_RATE=0 for PostgreSQL's own speed).
 bench-expand: venv
 	$(BIN)/python -m tools.bench_expand --clients $(BULK) $(if $(filter fast,$(BENCH_PG)),--fast-postgres)
 
