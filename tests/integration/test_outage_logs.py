@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from shared.events import ClientCreated, ClientData
 from shared.outbox import add_events
 from shared.topics import Topics
-from tests.support.infra import REPO
 from tests.support.polling import eventually
-from tools.infra import KafkaServer, free_port
+from tests.support.service_processes import (
+    SERVICES,
+    launch,
+    ready_status,
+    service_env,
+    service_ports,
+)
+from tools.infra import KafkaServer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,50 +57,31 @@ def _events(path: Path, after: int = 0) -> Counter[str]:
     return Counter(str(line.get("event")) for line in _lines(path)[after:])
 
 
-async def _ready(port: int) -> int:
-    async with httpx.AsyncClient(timeout=10) as client:
-        return (await client.get(f"http://127.0.0.1:{port}/ready")).status_code
-
-
-SERVICES = ("api", "scheduler", "dispatcher", "reporter")
-
-
 async def test_a_kafka_outage_costs_a_few_log_lines(
     infra: Infra, tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     kafka = KafkaServer(tmp_path / "kafka")
     await asyncio.to_thread(kafka.start)
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    ports = {service: free_port() for service in SERVICES}
+    ports = service_ports()
     logs = {service: tmp_path / f"{service}.log" for service in SERVICES}
-    env = {
-        **os.environ,
-        "DATABASE_URL": infra.database_url,
-        "KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "KAFKA_TOPIC_PREFIX": prefix,
-        "KAFKA_PARTITIONS": "3",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "READY_TIMEOUT_S": "2",
-        "CONSUMER_LAG_INTERVAL_S": "1",
-        "DEV_MODE": "true",
-        "API_TOKENS": "outage-token",
-        **{f"{service.upper()}_PORT": str(port) for service, port in ports.items()},
-    }
-    processes = {
-        service: subprocess.Popen(  # noqa: ASYNC220 (a child process for the test, not I/O)
-            [sys.executable, "-m", f"services.{service}"],
-            cwd=REPO,
-            env={**env, "LOG_FILE": str(logs[service])},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for service in SERVICES
-    }
+    env = service_env(
+        infra.database_url,
+        kafka.bootstrap,
+        ports,
+        KAFKA_TOPIC_PREFIX=prefix,
+        KAFKA_PARTITIONS="3",
+        LOG_LEVEL="INFO",
+        READY_TIMEOUT_S="2",
+        CONSUMER_LAG_INTERVAL_S="1",
+        DEV_MODE="true",
+        API_TOKENS="outage-token",
+    )
+    processes = launch(env, logs)
     topics = Topics(prefix=prefix, retry_tiers=4)
 
     async def all_ready() -> list[int]:
-        return [await _ready(port) for port in ports.values()]
+        return [await ready_status(port) for port in ports.values()]
 
     def settled() -> bool:
         # The clients' start-up complaints (no group coordinator yet) have settled.

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -18,9 +15,10 @@ from services.api.main import create_app as api_app
 from services.dispatcher.main import create_app as dispatcher_app
 from services.reporter.main import create_app as reporter_app
 from services.scheduler.main import create_app as scheduler_app
-from tests.support.infra import REPO, make_settings
+from tests.support.infra import make_settings
 from tests.support.polling import eventually
-from tools.infra import KafkaServer, PostgresServer, free_port, run_migrations
+from tests.support.service_processes import launch, own_infra, service_env, service_ports
+from tools.infra import KafkaServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -84,59 +82,42 @@ def _ready(port: int) -> Callable[[], Any]:
 async def test_ready_follows_kafka_and_postgres_outages_and_the_process_survives(
     tmp_path: Path,
 ) -> None:
-    kafka = KafkaServer(tmp_path / "kafka")
-    pg = PostgresServer(tmp_path / "pg")
-    await asyncio.gather(asyncio.to_thread(kafka.start), asyncio.to_thread(pg.start))
-    await asyncio.to_thread(run_migrations, pg.url)
-    port = free_port()
-    log_file = tmp_path / "scheduler.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": pg.url,
-        "KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "SCHEDULER_PORT": str(port),
-        "LOG_FILE": str(log_file),
-        "READY_TIMEOUT_S": "2",
-    }
-    process = subprocess.Popen(  # noqa: ASYNC220 (a child process for the test, not I/O)
-        [sys.executable, "-m", "services.scheduler"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    probe = _ready(port)
-    try:
-        await eventually(probe, lambda r: r.status_code == 200, timeout=60, what="ready")
+    async with own_infra(tmp_path) as (kafka, pg):
+        ports = service_ports(["scheduler"])
+        log_file = tmp_path / "scheduler.log"
+        env = service_env(pg.url, kafka.bootstrap, ports, READY_TIMEOUT_S="2")
+        [process] = launch(env, {"scheduler": log_file}).values()
+        probe = _ready(ports["scheduler"])
+        try:
+            await eventually(probe, lambda r: r.status_code == 200, timeout=60, what="ready")
 
-        await asyncio.to_thread(kafka.stop)
-        down = await eventually(probe, lambda r: r.status_code == 503, what="503 on kafka down")
-        assert down.json()["failing"] == ["kafka"]
-        assert down.json()["checks"]["postgresql"] == "ok"
-        assert process.poll() is None
+            await asyncio.to_thread(kafka.stop)
+            down = await eventually(probe, lambda r: r.status_code == 503, what="503 on kafka down")
+            assert down.json()["failing"] == ["kafka"]
+            assert down.json()["checks"]["postgresql"] == "ok"
+            assert process.poll() is None
 
-        await asyncio.to_thread(kafka.start)
-        await eventually(probe, lambda r: r.status_code == 200, timeout=60, what="ready again")
-        assert process.poll() is None
+            await asyncio.to_thread(kafka.start)
+            await eventually(probe, lambda r: r.status_code == 200, timeout=60, what="ready again")
+            assert process.poll() is None
 
-        await asyncio.to_thread(pg.stop)
-        down = await eventually(probe, lambda r: r.status_code == 503, what="503 on pg down")
-        assert down.json()["failing"] == ["postgresql"]
-        assert process.poll() is None
+            await asyncio.to_thread(pg.stop)
+            down = await eventually(probe, lambda r: r.status_code == 503, what="503 on pg down")
+            assert down.json()["failing"] == ["postgresql"]
+            assert process.poll() is None
 
-        await asyncio.to_thread(pg.start)
-        await eventually(probe, lambda r: r.status_code == 200, timeout=60, what="ready again")
-        assert process.poll() is None
+            await asyncio.to_thread(pg.start)
+            await eventually(probe, lambda r: r.status_code == 200, timeout=60, what="ready again")
+            assert process.poll() is None
 
-        process.send_signal(signal.SIGTERM)
-        # uvicorn re-raises SIGTERM once its graceful shutdown is done.
-        assert await asyncio.to_thread(process.wait, 30) in {0, -signal.SIGTERM}
-        events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
-        assert events.index("service_stopping") < events.index("service_stopped")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await asyncio.gather(asyncio.to_thread(kafka.stop), asyncio.to_thread(pg.stop))
+            process.send_signal(signal.SIGTERM)
+            # uvicorn re-raises SIGTERM once its graceful shutdown is done.
+            assert await asyncio.to_thread(process.wait, 30) in {0, -signal.SIGTERM}
+            events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+            assert events.index("service_stopping") < events.index("service_stopped")
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 async def test_a_service_starts_before_kafka_exists_and_becomes_ready(
