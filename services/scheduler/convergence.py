@@ -197,10 +197,10 @@ async def hold_version(session: AsyncSession, mailing: Mailing) -> bool:
     messages naming it (a deletion waits, then deletes them with it: migration 0008).
 
     `FOR KEY SHARE` (`read=True`; `key_share=True` alone is `FOR NO KEY UPDATE`): it
-    conflicts with a deletion and with the API's `FOR UPDATE` (pause, resume, cancel),
+    conflicts with a deletion and with the API's `FOR UPDATE` (edit, pause, resume,
+    cancel: each lands between two steps, and the next step sees an edit's version),
     not with the dispatchers' `FOR SHARE` of a claim, so the messages fired so far are
-    claimed while the rest of the audience is expanded. An edit is not held back
-    either: the next step sees its version and starts over from the row."""
+    claimed while the rest of the audience is expanded."""
     version = await session.scalar(
         select(Mailing.version)
         .where(Mailing.id == mailing.id)
