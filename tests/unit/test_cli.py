@@ -4,6 +4,7 @@ sends, what it prints, its exit status and its error messages."""
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -147,10 +148,16 @@ def test_an_unknown_format_and_a_missing_file_are_usage_errors(tmp_path: Path) -
     odd.write_bytes(b"")
     result = runner.invoke(app, ["import", str(odd), "--token", "t"])
     assert result.exit_code == 1
-    assert "--format csv|ndjson" in result.stderr
+    assert "--format csv|ndjson" in _words(result.stderr)
     missing = runner.invoke(app, ["import", str(tmp_path / "nope.csv"), "--token", "t"])
     assert missing.exit_code == 2
-    assert "does not exist" in missing.output
+    assert "nope.csv' does not exist" in _words(missing.output)
+
+
+def _words(output: str) -> str:
+    """The text as words: messages are wrapped at the terminal's width (and usage
+    errors drawn in a box), where the words fall depending on the paths in them."""
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", output).split())
 
 
 def test_watch_follows_a_mailing_until_it_is_finished(
